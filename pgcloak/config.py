@@ -1,0 +1,42 @@
+"""Runtime configuration: one frozen dataclass, filled from TOML, env and flags.
+
+Loading and validation live in `pgcloak.settings` so that the proxy only ever
+sees a validated `Config`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Where the real PostgreSQL lives (parsed from a postgresql:// URL)."""
+
+    host: str = "127.0.0.1"
+    port: int = 5432
+    dbname: str | None = None  # default database when the client names none
+    sslmode: str = "prefer"  # disable | prefer | require | verify-ca | verify-full
+    sslrootcert: str | None = None
+    sslcert: str | None = None
+    sslkey: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 6432
+    upstream: Upstream = Upstream()
+    admin_host: str | None = "127.0.0.1"  # None disables the admin listener
+    admin_port: int = 9187
+    tls_cert: str | None = None  # client-facing TLS; without it SSLRequest gets 'N'
+    tls_key: str | None = None
+    max_message_size: int = 1 << 30
+    connect_timeout: float = 10.0  # seconds to reach the upstream
+    startup_timeout: float = 60.0  # seconds for a client to finish startup + auth
+    idle_timeout: float = 0.0  # close client connections idle this long; 0 = never
+    shutdown_timeout: float = 30.0  # SIGTERM: how long sessions may drain
+    log_level: str = "INFO"
+    log_format: str = "text"  # text | json
+    mode: str = "prod"  # prod never logs semantic names or values; dev may
+    config_file: str | None = None

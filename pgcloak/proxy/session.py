@@ -1,0 +1,265 @@
+"""Per-connection protocol state, kept without any I/O.
+
+The server feeds every framed message of an established session through
+`Session.client_handlers` / `Session.server_handlers` (keyed by the type byte
+as an int). The handlers keep the state that name cloaking and encryption need
+later: transaction status, prepared statements, portals and the in-flight
+queue that says which request each response belongs to. Handlers return None
+to let the raw bytes pass unchanged, which is the hot path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Final
+
+from pgcloak.proxy.codec import ProtocolError, one_cstr, two_cstrs
+from pgcloak.proxy.metrics import Metrics
+
+# Kinds of in-flight requests; small ints keep the queue cheap.
+K_QUERY: Final = 0
+K_PARSE: Final = 1
+K_BIND: Final = 2
+K_DESCRIBE_STMT: Final = 3
+K_DESCRIBE_PORTAL: Final = 4
+K_EXECUTE: Final = 5
+K_CLOSE_STMT: Final = 6
+K_CLOSE_PORTAL: Final = 7
+K_SYNC: Final = 8
+K_FUNCTION: Final = 9
+
+KIND_NAMES: Final = (
+    "Query",
+    "Parse",
+    "Bind",
+    "Describe statement",
+    "Describe portal",
+    "Execute",
+    "Close statement",
+    "Close portal",
+    "Sync",
+    "FunctionCall",
+)
+
+# A request that waits for a response: (kind, name, detail, start time).
+Pending = tuple[int, bytes, bytes, float]
+
+# A handler sees the buffer and the message bounds (header included).
+Handler = Callable[[bytes | bytearray, int, int], bytes | None]
+
+_S = ord("S")
+_P = ord("P")
+_FATAL_MARKERS = (b"SFATAL\0", b"SPANIC\0")
+_perf = time.perf_counter
+
+
+class Session:
+    """State of one client<->upstream session after startup completed."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.txn_status = b"I"
+        self.statements: dict[bytes, bytes] = {}  # prepared statement name -> query
+        self.portals: dict[bytes, bytes] = {}  # portal name -> statement name
+        self.inflight: deque[Pending] = deque()
+        self.discard_until_sync = False  # backend skips messages after an error
+        self.copy_mode: bytes | None = None  # b"G" copy-in, b"H" copy-out, b"W" both
+        self.server_params: dict[str, str] = {}
+        self.server_sent_fatal = False
+        self.desyncs = 0  # responses that matched no request (should stay 0)
+        self.client_handlers: dict[int, Handler | None] = {
+            ord("Q"): self._c_query,
+            ord("P"): self._c_parse,
+            ord("B"): self._c_bind,
+            ord("D"): self._c_describe,
+            ord("E"): self._c_execute,
+            ord("C"): self._c_close,
+            ord("S"): self._c_sync,
+            ord("F"): self._c_function,
+            ord("H"): None,
+            ord("d"): None,
+            ord("c"): self._c_copy_end,
+            ord("f"): self._c_copy_end,
+            ord("X"): None,
+        }
+        self.server_handlers: dict[int, Handler | None] = {
+            ord("1"): self._s_parse_complete,
+            ord("2"): self._s_bind_complete,
+            ord("3"): self._s_close_complete,
+            ord("t"): None,
+            ord("T"): self._s_row_description,
+            ord("n"): self._s_no_data,
+            ord("D"): None,
+            ord("C"): self._s_command_complete,
+            ord("I"): self._s_command_complete,
+            ord("s"): self._s_portal_suspended,
+            ord("E"): self._s_error,
+            ord("N"): None,
+            ord("A"): None,
+            ord("S"): self._s_parameter_status,
+            ord("Z"): self._s_ready,
+            ord("V"): None,
+            ord("G"): self._s_copy_start,
+            ord("H"): self._s_copy_start,
+            ord("W"): self._s_copy_start,
+            ord("d"): None,
+            ord("c"): None,
+            ord("K"): None,
+            ord("v"): None,
+        }
+
+    # ------------------------------------------------------------------ helpers
+
+    def _push(self, kind: int, name: bytes = b"", detail: bytes = b"", t0: float = 0.0) -> None:
+        if not self.discard_until_sync:
+            self.inflight.append((kind, name, detail, t0))
+
+    def _pop(self) -> Pending | None:
+        try:
+            return self.inflight.popleft()
+        except IndexError:
+            self.desyncs += 1
+            return None
+
+    @property
+    def idle(self) -> bool:
+        """True when nothing is in flight and no transaction is open."""
+        return not self.inflight and self.txn_status == b"I" and self.copy_mode is None
+
+    # ------------------------------------------------------------------ client side
+
+    def _c_query(self, buf: bytes | bytearray, start: int, end: int) -> None:
+        self.metrics.queries += 1
+        self._push(K_QUERY, t0=_perf())
+
+    def _c_parse(self, buf: bytes | bytearray, start: int, end: int) -> None:
+        name, query = two_cstrs(buf, start + 5, end)
+        self._push(K_PARSE, name, query)
+
+    def _c_bind(self, buf: bytes | bytearray, start: int, end: int) -> None:
+        portal, stmt = two_cstrs(buf, start + 5, end)
+        self._push(K_BIND, portal, stmt)
+
+    def _c_describe(self, buf: bytes | bytearray, start: int, end: int) -> None:
+        kind = buf[start + 5] if end > start + 5 else 0
+        if kind == _S:
+            self._push(K_DESCRIBE_STMT, one_cstr(buf, start + 6, end))
+        elif kind == _P:
+            self._push(K_DESCRIBE_PORTAL, one_cstr(buf, start + 6, end))
+        else:
+            raise ProtocolError(f"invalid DESCRIBE message subtype {kind}")
+
+    def _c_execute(self, buf: bytes | bytearray, start: int, end: int) -> None:
+        self.metrics.queries += 1
+        self._push(K_EXECUTE, one_cstr(buf, start + 5, end))
+
+    def _c_close(self, buf: bytes | bytearray, start: int, end: int) -> None:
+        kind = buf[start + 5] if end > start + 5 else 0
+        if kind == _S:
+            self._push(K_CLOSE_STMT, one_cstr(buf, start + 6, end))
+        elif kind == _P:
+            self._push(K_CLOSE_PORTAL, one_cstr(buf, start + 6, end))
+        else:
+            raise ProtocolError(f"invalid CLOSE message subtype {kind}")
+
+    def _c_sync(self, buf: bytes | bytearray, start: int, end: int) -> None:
+        self.discard_until_sync = False
+        self.inflight.append((K_SYNC, b"", b"", _perf()))
+
+    def _c_function(self, buf: bytes | bytearray, start: int, end: int) -> None:
+        self._push(K_FUNCTION, t0=_perf())
+
+    def _c_copy_end(self, buf: bytes | bytearray, start: int, end: int) -> None:
+        if self.copy_mode == b"G":
+            self.copy_mode = None
+
+    # ------------------------------------------------------------------ server side
+
+    def _s_parse_complete(self, buf: bytes | bytearray, start: int, end: int) -> None:
+        p = self._pop()
+        if p is not None and p[0] == K_PARSE:
+            self.statements[p[1]] = p[2]
+        elif p is not None:
+            self.desyncs += 1
+
+    def _s_bind_complete(self, buf: bytes | bytearray, start: int, end: int) -> None:
+        p = self._pop()
+        if p is not None and p[0] == K_BIND:
+            self.portals[p[1]] = p[2]
+        elif p is not None:
+            self.desyncs += 1
+
+    def _s_close_complete(self, buf: bytes | bytearray, start: int, end: int) -> None:
+        p = self._pop()
+        if p is None:
+            return
+        if p[0] == K_CLOSE_STMT:
+            self.statements.pop(p[1], None)
+        elif p[0] == K_CLOSE_PORTAL:
+            self.portals.pop(p[1], None)
+        else:
+            self.desyncs += 1
+
+    def _s_row_description(self, buf: bytes | bytearray, start: int, end: int) -> None:
+        # After Describe it answers that request; otherwise it heads a result set
+        # of the Query/Execute at the front of the queue, which stays.
+        if self.inflight and self.inflight[0][0] in (K_DESCRIBE_STMT, K_DESCRIBE_PORTAL):
+            self.inflight.popleft()
+
+    def _s_no_data(self, buf: bytes | bytearray, start: int, end: int) -> None:
+        if self.inflight and self.inflight[0][0] in (K_DESCRIBE_STMT, K_DESCRIBE_PORTAL):
+            self.inflight.popleft()
+        else:
+            self.desyncs += 1
+
+    def _s_command_complete(self, buf: bytes | bytearray, start: int, end: int) -> None:
+        self.copy_mode = None
+        if self.inflight and self.inflight[0][0] == K_EXECUTE:
+            self.inflight.popleft()
+
+    def _s_portal_suspended(self, buf: bytes | bytearray, start: int, end: int) -> None:
+        if self.inflight and self.inflight[0][0] == K_EXECUTE:
+            self.inflight.popleft()
+        else:
+            self.desyncs += 1
+
+    def _s_error(self, buf: bytes | bytearray, start: int, end: int) -> None:
+        self.metrics.server_errors += 1
+        self.copy_mode = None
+        msg = bytes(buf[start:end])
+        if any(m in msg for m in _FATAL_MARKERS):
+            self.server_sent_fatal = True
+        q = self.inflight
+        if not q or q[0][0] in (K_QUERY, K_FUNCTION):
+            return  # simple protocol: ReadyForQuery follows and pops it
+        # Extended protocol: the backend now skips everything up to Sync.
+        while q and q[0][0] != K_SYNC:
+            q.popleft()
+        if not q:
+            self.discard_until_sync = True
+
+    def _s_parameter_status(self, buf: bytes | bytearray, start: int, end: int) -> None:
+        name, value = two_cstrs(buf, start + 5, end)
+        self.server_params[name.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
+
+    def _s_ready(self, buf: bytes | bytearray, start: int, end: int) -> None:
+        status = buf[start + 5 : start + 6]
+        self.txn_status = bytes(status)
+        self.copy_mode = None
+        q = self.inflight
+        if q:
+            p = q.popleft()
+            if p[3]:
+                self.metrics.observe_latency(_perf() - p[3])
+            if p[0] == K_QUERY:
+                # A simple Query drops the unnamed statement and portal.
+                self.statements.pop(b"", None)
+        else:
+            self.desyncs += 1
+        if status == b"I":
+            self.portals.clear()  # portals do not outlive their transaction
+
+    def _s_copy_start(self, buf: bytes | bytearray, start: int, end: int) -> None:
+        self.copy_mode = bytes(buf[start : start + 1])
