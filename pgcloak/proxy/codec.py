@@ -234,6 +234,8 @@ class StartupMessage(Message):
     def encode(self) -> bytes:
         body = _I32.pack(self.version)
         for k, v in self.params.items():
+            if not k:
+                raise ValueError("empty startup parameter name")
             body += _cstr(k) + _cstr(v)
         body += b"\0"
         return _I32.pack(len(body) + 4) + body
@@ -257,8 +259,11 @@ class CancelRequest(Message):
     secret: int
 
     def encode(self) -> bytes:
-        return _I32.pack(16) + _I32.pack(CANCEL_REQUEST_CODE) + _I32.pack(self.pid) + _I32.pack(
-            self.secret
+        return (
+            _I32.pack(16)
+            + _I32.pack(CANCEL_REQUEST_CODE)
+            + _I32.pack(self.pid)
+            + _I32.pack(self.secret)
         )
 
 
@@ -682,7 +687,10 @@ class ErrorResponse(Message):
     def body(self) -> bytes:
         out = b""
         for k, v in self.fields.items():
-            out += k.encode("ascii") + _cstr(v)
+            if len(k) != 1 or not 0 < ord(k) < 256:
+                raise ValueError(f"invalid error field code {k!r}")
+            # latin-1/surrogateescape mirror _decode_fields, so re-encoding is lossless.
+            out += k.encode("latin-1") + _cstr(v.encode("utf-8", "surrogateescape"))
         return out + b"\0"
 
     @property
@@ -694,9 +702,7 @@ class ErrorResponse(Message):
         return self.fields.get("M", "")
 
     @classmethod
-    def make(
-        cls, severity: str, sqlstate: str, message: str, **extra: str
-    ) -> ErrorResponse:
+    def make(cls, severity: str, sqlstate: str, message: str, **extra: str) -> ErrorResponse:
         f = {"S": severity, "V": severity, "C": sqlstate, "M": message}
         for key, value in extra.items():
             f[_FIELD_CODES[key]] = value
@@ -736,7 +742,7 @@ def _decode_fields(body: bytes) -> dict[str, str]:
         code = r.byte()
         if code == b"\0":
             break
-        fields[code.decode("latin-1")] = r.cstr_bytes().decode("utf-8", "replace")
+        fields[code.decode("latin-1")] = r.cstr_bytes().decode("utf-8", "surrogateescape")
     r.done()
     return fields
 

@@ -79,7 +79,9 @@ class _Collector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
         m = self.m
         yield GaugeMetricFamily(
-            "pgcloak_client_connections", "Client connections currently open", m.connections_active
+            "pgcloak_client_connections_active",
+            "Client connections currently open",
+            m.connections_active,
         )
         counters = [
             ("pgcloak_client_connections", "Client connections accepted", m.connections_total),

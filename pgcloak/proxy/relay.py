@@ -20,7 +20,7 @@ STREAM_MIN: Final = 256 * 1024  # larger pass-through messages are streamed, not
 
 _unpack = struct.Struct("!I").unpack_from
 
-RelayHandler = Callable[[bytes | bytearray, int, int], bytes | None]
+RelayHandler = Callable[[bytes, int, int], bytes | None]
 
 
 class Relay:
@@ -31,17 +31,19 @@ class Relay:
     A type missing from the map is a protocol violation.
     """
 
-    __slots__ = ("handlers", "max_size", "out", "skip", "tail")
+    __slots__ = ("handlers", "max_size", "out", "sender", "skip", "tail")
 
     def __init__(
         self,
         out: asyncio.BaseTransport,
         handlers: dict[int, RelayHandler | None],
         max_size: int,
+        sender: str,
     ) -> None:
         self.out: asyncio.WriteTransport = out  # type: ignore[assignment]
         self.handlers = handlers
         self.max_size = max_size
+        self.sender = sender  # "frontend" or "backend", for error messages
         self.tail = b""
         self.skip = 0  # bytes of a streamed message still to pass through
 
@@ -50,7 +52,7 @@ class Relay:
         """True while the peer has seen only part of a message from us."""
         return self.skip > 0
 
-    def feed(self, data: bytes | bytearray) -> int:
+    def feed(self, data: bytes) -> int:
         """Relay what `data` completes; return the number of messages seen."""
         write = self.out.write
         skip = self.skip
@@ -63,24 +65,24 @@ class Relay:
             write(data[:skip])
             data = data[skip:]
             self.skip = 0
-        buf: bytes | bytearray = self.tail + data if self.tail else data
+        buf: bytes = self.tail + data if self.tail else data
         n = len(buf)
         pos = 0
         count = 0
         handlers = self.handlers
-        out: list[bytes | bytearray] | None = None
+        out: list[bytes] | None = None
         emitted = 0
         while n - pos >= 5:
             typ = buf[pos]
             ln = _unpack(buf, pos + 1)[0]
             if ln < 4 or ln > self.max_size:
                 self.tail = b""
-                raise ProtocolError(f"invalid message length {ln} (type {typ})")
+                raise ProtocolError(f"invalid {self.sender} message length {ln}")
             try:
                 h = handlers[typ]
             except KeyError:
                 self.tail = b""
-                raise ProtocolError(f"invalid message type {typ}") from None
+                raise ProtocolError(f"invalid {self.sender} message type {typ}") from None
             end = pos + 1 + ln
             if end > n:
                 if h is None and end - pos >= STREAM_MIN:
@@ -108,5 +110,5 @@ class Relay:
             if pos > emitted:
                 out.append(buf[emitted:pos])
             write(b"".join(out))
-        self.tail = bytes(buf[pos:]) if pos < n else b""
+        self.tail = buf[pos:] if pos < n else b""
         return count

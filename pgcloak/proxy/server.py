@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import itertools
 import logging
@@ -20,6 +21,8 @@ from collections.abc import Callable
 from typing import Any
 
 from pgcloak.config import Config
+from pgcloak.logs import conn_logger, setup_logging
+from pgcloak.proxy.admin import start_admin, stop_admin
 from pgcloak.proxy.codec import (
     PROTOCOL_3_0,
     Authentication,
@@ -111,7 +114,7 @@ class ClientConnection(asyncio.Protocol):
         self.proxy = proxy
         self.metrics = proxy.metrics
         self.id = next(_ids)
-        self.log = logging.LoggerAdapter(log, {"conn": self.id})
+        self.log = conn_logger(self.id)
         self.state = State.STARTUP
         self.transport: asyncio.Transport | None = None
         self.server: ServerConnection | None = None
@@ -189,8 +192,10 @@ class ClientConnection(asyncio.Protocol):
             return
         self.metrics.proxy_errors += 1
         t = self.transport
-        mid = self.server is not None and self.server.relay is not None and (
-            self.server.relay.mid_message
+        mid = (
+            self.server is not None
+            and self.server.relay is not None
+            and (self.server.relay.mid_message)
         )
         if t is not None and not t.is_closing() and not mid and self.state is not State.TLS:
             t.write(ErrorResponse.make("FATAL", sqlstate, message, **extra).encode())
@@ -323,7 +328,7 @@ class ClientConnection(asyncio.Protocol):
         if new is None or self.state is State.CLOSED:
             self._teardown()
             return
-        self.transport = new  # type: ignore[assignment]
+        self.transport = new
         self.tls = True
         self.state = State.STARTUP
 
@@ -351,8 +356,7 @@ class ClientConnection(asyncio.Protocol):
         major, minor = msg.version >> 16, msg.version & 0xFFFF
         if major != 3:
             raise ProtocolError(
-                f"unsupported frontend protocol {major}.{minor}: "
-                "server supports 3.0 to 3.0",
+                f"unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0",
                 "0A000",
             )
         params = {k: v for k, v in msg.params.items() if not k.startswith("_pq_.")}
@@ -441,7 +445,9 @@ class ClientConnection(asyncio.Protocol):
             out = self._server_auth_message(typ, body)
             if out is not None:
                 self._write(out)
-            if self.state is State.READY:
+            if self.transport is None or self.transport.is_closing():
+                return
+            if self.relay is not None:  # that message was the first ReadyForQuery
                 rest = b"".join(frame(t, b) for t, b in messages[i + 1 :])
                 rest += framer.take_pending()
                 if rest and self.server is not None and self.server.relay is not None:
@@ -480,8 +486,8 @@ class ClientConnection(asyncio.Protocol):
         session.txn_status = status[:1]
         self.session = session
         size = self.proxy.config.max_message_size
-        self.relay = Relay(self.server.transport, session.client_handlers, size)
-        self.server.relay = Relay(self.transport, session.server_handlers, size)
+        self.relay = Relay(self.server.transport, session.client_handlers, size, "frontend")
+        self.server.relay = Relay(self.transport, session.server_handlers, size, "backend")
         self.state = State.READY
         self._client_framer = self._server_framer = None
         self._rx_mark = -1
@@ -497,8 +503,9 @@ class ClientConnection(asyncio.Protocol):
     def upstream_lost(self) -> None:
         if self.state is State.CLOSED:
             return
+        s = self.session
         failed = self._server_failed or (
-            self.session is not None and self.session.server_sent_fatal
+            s is not None and (s.server_sent_fatal or s.client_terminated)
         )
         if failed:
             self._teardown()
@@ -541,8 +548,6 @@ class Proxy:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         if cfg.admin_host is not None:
-            from pgcloak.proxy.admin import start_admin
-
             self._admin = await start_admin(
                 cfg.admin_host,
                 cfg.admin_port,
@@ -576,7 +581,7 @@ class Proxy:
         for c in list(self.clients):
             c.fatal("57P01", "terminating connection due to administrator command")
         if self._admin is not None:
-            self._admin.close()
+            await stop_admin(self._admin)
         self._closed.set()
 
     async def wait_closed(self) -> None:
@@ -593,18 +598,15 @@ class Proxy:
             log.error("reload: TLS certificate not loaded (%s); keeping the old one", exc)
             client_ssl = self.client_ssl
         self.client_ssl = client_ssl
-        self.config = config.__class__(
-            **{
-                **config.__dict__,
-                "listen_host": self.config.listen_host,
-                "listen_port": self.config.listen_port,
-                "upstream": self.config.upstream,
-                "admin_host": self.config.admin_host,
-                "admin_port": self.config.admin_port,
-            }
+        old = self.config
+        self.config = dataclasses.replace(
+            config,
+            listen_host=old.listen_host,
+            listen_port=old.listen_port,
+            upstream=old.upstream,
+            admin_host=old.admin_host,
+            admin_port=old.admin_port,
         )
-        from pgcloak.logs import setup_logging
-
         setup_logging(config.log_level, config.log_format)
         log.info("configuration reloaded")
 

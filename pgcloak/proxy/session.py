@@ -47,10 +47,12 @@ KIND_NAMES: Final = (
 Pending = tuple[int, bytes, bytes, float]
 
 # A handler sees the buffer and the message bounds (header included).
-Handler = Callable[[bytes | bytearray, int, int], bytes | None]
+Handler = Callable[[bytes, int, int], bytes | None]
 
 _S = ord("S")
 _P = ord("P")
+_I = ord("I")
+_STATUS = {ord(c): c.encode() for c in "ITE"}
 _FATAL_MARKERS = (b"SFATAL\0", b"SPANIC\0")
 _perf = time.perf_counter
 
@@ -68,6 +70,7 @@ class Session:
         self.copy_mode: bytes | None = None  # b"G" copy-in, b"H" copy-out, b"W" both
         self.server_params: dict[str, str] = {}
         self.server_sent_fatal = False
+        self.client_terminated = False  # the upstream will close; that is no failure
         self.desyncs = 0  # responses that matched no request (should stay 0)
         self.client_handlers: dict[int, Handler | None] = {
             ord("Q"): self._c_query,
@@ -82,7 +85,7 @@ class Session:
             ord("d"): None,
             ord("c"): self._c_copy_end,
             ord("f"): self._c_copy_end,
-            ord("X"): None,
+            ord("X"): self._c_terminate,
         }
         self.server_handlers: dict[int, Handler | None] = {
             ord("1"): self._s_parse_complete,
@@ -112,10 +115,6 @@ class Session:
 
     # ------------------------------------------------------------------ helpers
 
-    def _push(self, kind: int, name: bytes = b"", detail: bytes = b"", t0: float = 0.0) -> None:
-        if not self.discard_until_sync:
-            self.inflight.append((kind, name, detail, t0))
-
     def _pop(self) -> Pending | None:
         try:
             return self.inflight.popleft()
@@ -129,69 +128,95 @@ class Session:
         return not self.inflight and self.txn_status == b"I" and self.copy_mode is None
 
     # ------------------------------------------------------------------ client side
+    # These run for every message on the hot path, so they are written flat:
+    # no helper calls, names parsed with bytes.find on the received buffer.
 
-    def _c_query(self, buf: bytes | bytearray, start: int, end: int) -> None:
+    def _c_query(self, buf: bytes, start: int, end: int) -> None:
         self.metrics.queries += 1
-        self._push(K_QUERY, t0=_perf())
+        if not self.discard_until_sync:
+            self.inflight.append((K_QUERY, b"", b"", _perf()))
 
-    def _c_parse(self, buf: bytes | bytearray, start: int, end: int) -> None:
-        name, query = two_cstrs(buf, start + 5, end)
-        self._push(K_PARSE, name, query)
+    def _c_parse(self, buf: bytes, start: int, end: int) -> None:
+        if self.discard_until_sync:
+            return
+        i = buf.find(b"\0", start + 5, end)
+        j = buf.find(b"\0", i + 1, end)
+        if i < 0 or j < 0:
+            raise ProtocolError("unterminated string in Parse message")
+        self.inflight.append((K_PARSE, buf[start + 5 : i], buf[i + 1 : j], 0.0))
 
-    def _c_bind(self, buf: bytes | bytearray, start: int, end: int) -> None:
-        portal, stmt = two_cstrs(buf, start + 5, end)
-        self._push(K_BIND, portal, stmt)
+    def _c_bind(self, buf: bytes, start: int, end: int) -> None:
+        if self.discard_until_sync:
+            return
+        i = buf.find(b"\0", start + 5, end)
+        j = buf.find(b"\0", i + 1, end)
+        if i < 0 or j < 0:
+            raise ProtocolError("unterminated string in Bind message")
+        self.inflight.append((K_BIND, buf[start + 5 : i], buf[i + 1 : j], 0.0))
 
-    def _c_describe(self, buf: bytes | bytearray, start: int, end: int) -> None:
+    def _c_describe(self, buf: bytes, start: int, end: int) -> None:
         kind = buf[start + 5] if end > start + 5 else 0
-        if kind == _S:
-            self._push(K_DESCRIBE_STMT, one_cstr(buf, start + 6, end))
-        elif kind == _P:
-            self._push(K_DESCRIBE_PORTAL, one_cstr(buf, start + 6, end))
-        else:
+        if kind not in (_S, _P):
             raise ProtocolError(f"invalid DESCRIBE message subtype {kind}")
+        if not self.discard_until_sync:
+            i = buf.find(b"\0", start + 6, end)
+            if i < 0:
+                raise ProtocolError("unterminated string in Describe message")
+            kind_ = K_DESCRIBE_STMT if kind == _S else K_DESCRIBE_PORTAL
+            self.inflight.append((kind_, buf[start + 6 : i], b"", 0.0))
 
-    def _c_execute(self, buf: bytes | bytearray, start: int, end: int) -> None:
+    def _c_execute(self, buf: bytes, start: int, end: int) -> None:
         self.metrics.queries += 1
-        self._push(K_EXECUTE, one_cstr(buf, start + 5, end))
+        if not self.discard_until_sync:
+            i = buf.find(b"\0", start + 5, end)
+            if i < 0:
+                raise ProtocolError("unterminated string in Execute message")
+            self.inflight.append((K_EXECUTE, buf[start + 5 : i], b"", 0.0))
 
-    def _c_close(self, buf: bytes | bytearray, start: int, end: int) -> None:
+    def _c_close(self, buf: bytes, start: int, end: int) -> None:
         kind = buf[start + 5] if end > start + 5 else 0
-        if kind == _S:
-            self._push(K_CLOSE_STMT, one_cstr(buf, start + 6, end))
-        elif kind == _P:
-            self._push(K_CLOSE_PORTAL, one_cstr(buf, start + 6, end))
-        else:
+        if kind not in (_S, _P):
             raise ProtocolError(f"invalid CLOSE message subtype {kind}")
+        if not self.discard_until_sync:
+            name = one_cstr(buf, start + 6, end)
+            self.inflight.append((K_CLOSE_STMT if kind == _S else K_CLOSE_PORTAL, name, b"", 0.0))
 
-    def _c_sync(self, buf: bytes | bytearray, start: int, end: int) -> None:
+    def _c_sync(self, buf: bytes, start: int, end: int) -> None:
         self.discard_until_sync = False
         self.inflight.append((K_SYNC, b"", b"", _perf()))
 
-    def _c_function(self, buf: bytes | bytearray, start: int, end: int) -> None:
-        self._push(K_FUNCTION, t0=_perf())
+    def _c_function(self, buf: bytes, start: int, end: int) -> None:
+        if not self.discard_until_sync:
+            self.inflight.append((K_FUNCTION, b"", b"", _perf()))
 
-    def _c_copy_end(self, buf: bytes | bytearray, start: int, end: int) -> None:
+    def _c_terminate(self, buf: bytes, start: int, end: int) -> None:
+        self.client_terminated = True
+
+    def _c_copy_end(self, buf: bytes, start: int, end: int) -> None:
         if self.copy_mode == b"G":
             self.copy_mode = None
 
     # ------------------------------------------------------------------ server side
 
-    def _s_parse_complete(self, buf: bytes | bytearray, start: int, end: int) -> None:
-        p = self._pop()
-        if p is not None and p[0] == K_PARSE:
+    def _s_parse_complete(self, buf: bytes, start: int, end: int) -> None:
+        q = self.inflight
+        if q and q[0][0] == K_PARSE:
+            p = q.popleft()
             self.statements[p[1]] = p[2]
-        elif p is not None:
+        else:
+            self._pop()
             self.desyncs += 1
 
-    def _s_bind_complete(self, buf: bytes | bytearray, start: int, end: int) -> None:
-        p = self._pop()
-        if p is not None and p[0] == K_BIND:
+    def _s_bind_complete(self, buf: bytes, start: int, end: int) -> None:
+        q = self.inflight
+        if q and q[0][0] == K_BIND:
+            p = q.popleft()
             self.portals[p[1]] = p[2]
-        elif p is not None:
+        else:
+            self._pop()
             self.desyncs += 1
 
-    def _s_close_complete(self, buf: bytes | bytearray, start: int, end: int) -> None:
+    def _s_close_complete(self, buf: bytes, start: int, end: int) -> None:
         p = self._pop()
         if p is None:
             return
@@ -202,30 +227,30 @@ class Session:
         else:
             self.desyncs += 1
 
-    def _s_row_description(self, buf: bytes | bytearray, start: int, end: int) -> None:
+    def _s_row_description(self, buf: bytes, start: int, end: int) -> None:
         # After Describe it answers that request; otherwise it heads a result set
         # of the Query/Execute at the front of the queue, which stays.
         if self.inflight and self.inflight[0][0] in (K_DESCRIBE_STMT, K_DESCRIBE_PORTAL):
             self.inflight.popleft()
 
-    def _s_no_data(self, buf: bytes | bytearray, start: int, end: int) -> None:
+    def _s_no_data(self, buf: bytes, start: int, end: int) -> None:
         if self.inflight and self.inflight[0][0] in (K_DESCRIBE_STMT, K_DESCRIBE_PORTAL):
             self.inflight.popleft()
         else:
             self.desyncs += 1
 
-    def _s_command_complete(self, buf: bytes | bytearray, start: int, end: int) -> None:
+    def _s_command_complete(self, buf: bytes, start: int, end: int) -> None:
         self.copy_mode = None
         if self.inflight and self.inflight[0][0] == K_EXECUTE:
             self.inflight.popleft()
 
-    def _s_portal_suspended(self, buf: bytes | bytearray, start: int, end: int) -> None:
+    def _s_portal_suspended(self, buf: bytes, start: int, end: int) -> None:
         if self.inflight and self.inflight[0][0] == K_EXECUTE:
             self.inflight.popleft()
         else:
             self.desyncs += 1
 
-    def _s_error(self, buf: bytes | bytearray, start: int, end: int) -> None:
+    def _s_error(self, buf: bytes, start: int, end: int) -> None:
         self.metrics.server_errors += 1
         self.copy_mode = None
         msg = bytes(buf[start:end])
@@ -240,13 +265,16 @@ class Session:
         if not q:
             self.discard_until_sync = True
 
-    def _s_parameter_status(self, buf: bytes | bytearray, start: int, end: int) -> None:
+    def _s_parameter_status(self, buf: bytes, start: int, end: int) -> None:
         name, value = two_cstrs(buf, start + 5, end)
         self.server_params[name.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
 
-    def _s_ready(self, buf: bytes | bytearray, start: int, end: int) -> None:
-        status = buf[start + 5 : start + 6]
-        self.txn_status = bytes(status)
+    def _s_ready(self, buf: bytes, start: int, end: int) -> None:
+        status = buf[start + 5] if end > start + 5 else 0
+        txn = _STATUS.get(status)
+        if txn is None:
+            raise ProtocolError("invalid transaction status in ReadyForQuery")
+        self.txn_status = txn
         self.copy_mode = None
         q = self.inflight
         if q:
@@ -258,8 +286,8 @@ class Session:
                 self.statements.pop(b"", None)
         else:
             self.desyncs += 1
-        if status == b"I":
+        if status == _I and self.portals:
             self.portals.clear()  # portals do not outlive their transaction
 
-    def _s_copy_start(self, buf: bytes | bytearray, start: int, end: int) -> None:
+    def _s_copy_start(self, buf: bytes, start: int, end: int) -> None:
         self.copy_mode = bytes(buf[start : start + 1])
