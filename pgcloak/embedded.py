@@ -433,7 +433,14 @@ class EmbeddedPostgres:
         """initdb (unless the data dir already holds a cluster), configure, start, wait ready."""
         if self._started:
             return self
-        self._server_pw = pwd.getpwnam(SERVER_USER) if os.geteuid() == 0 else None
+        self._server_pw = None
+        if os.geteuid() == 0:
+            try:
+                self._server_pw = pwd.getpwnam(SERVER_USER)
+            except KeyError:
+                raise EmbeddedPostgresError(
+                    f"running as root but there is no {SERVER_USER!r} OS user to run PostgreSQL"
+                ) from None
         ok = False
         try:
             self._prepare_dirs()
@@ -442,7 +449,7 @@ class EmbeddedPostgres:
             if self.ssl:
                 self.cert_path, self.key_path, self.ca_path = generate_self_signed(
                     self.base_dir / "ssl",
-                    (self.host, "localhost"),
+                    list(dict.fromkeys((self.host, "localhost"))),
                     owner=self._server_pw.pw_name if self._server_pw else None,
                 )
             self._write_hba()
@@ -469,9 +476,10 @@ class EmbeddedPostgres:
         self._proc.send_signal(signal.SIGHUP)
 
     def restart(self) -> None:
+        """Stop and start again on the same port (e.g. to test upstream reconnects)."""
         self._stop_server()
         self._started = False
-        self._start_server()
+        self._start_server(keep_port=True)
 
     def log_text(self) -> str:
         try:
@@ -614,12 +622,13 @@ class EmbeddedPostgres:
         path.write_text("\n".join(lines) + "\n")
         self._chown(path)
 
-    def _start_server(self) -> None:
+    def _start_server(self, keep_port: bool = False) -> None:
         # The postmaster is our own child (not daemonised by pg_ctl) so that we reap it:
         # in containers without an init, pg_ctl's orphaned postmaster would stay a zombie.
-        attempts = 1 if self._requested_port else 5
+        fixed = bool(self._requested_port) or keep_port
+        attempts = 1 if fixed else 5
         for attempt in range(attempts):
-            if not self._requested_port:
+            if not fixed:
                 self.port = free_port(self.host)
             self._write_conf()
             try:

@@ -666,12 +666,14 @@ class FunctionCallResponse(Message):
 @dataclass(frozen=True)
 class NegotiateProtocolVersion(Message):
     TYPE = b"v"
-    newest_minor: int
+    # PostgreSQL sends the full version number (3 << 16 | minor), not the bare minor,
+    # and libpq compares it as such.
+    version: int
     unrecognized: tuple[str, ...] = ()
 
     def body(self) -> bytes:
         return (
-            _I32.pack(self.newest_minor)
+            _I32.pack(self.version)
             + _I32.pack(len(self.unrecognized))
             + b"".join(_cstr(o) for o in self.unrecognized)
         )

@@ -85,7 +85,11 @@ class _Collector(Collector):
         )
         counters = [
             ("pgcloak_client_connections", "Client connections accepted", m.connections_total),
-            ("pgcloak_rejected_connections", "Client connections refused", m.connections_rejected),
+            (
+                "pgcloak_failed_connections",
+                "Client connections that ended before their session was ready",
+                m.connections_rejected,
+            ),
             ("pgcloak_cancel_requests", "CancelRequests received", m.cancel_requests),
             ("pgcloak_queries", "Simple queries and Execute messages", m.queries),
             ("pgcloak_server_errors", "ErrorResponses relayed from upstream", m.server_errors),

@@ -133,6 +133,7 @@ class ClientConnection(asyncio.Protocol):
         self._rx_count = 0  # client reads since start; the idle timer compares marks
         self._rx_mark = -1
         self._paused = False
+        self._cancel = False  # this connection only carried a CancelRequest
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ lifecycle
@@ -158,6 +159,8 @@ class ClientConnection(asyncio.Protocol):
         was_ready = self.state is State.READY
         self.state = State.CLOSED
         self.metrics.connections_active -= 1
+        if not was_ready and not self._cancel:
+            self.metrics.connections_rejected += 1
         self.proxy.clients.discard(self)
         if self.key is not None:
             self.proxy.cancel_keys.pop(self.key, None)
@@ -334,6 +337,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _on_cancel(self, msg: CancelRequest) -> None:
         self.metrics.cancel_requests += 1
+        self._cancel = True
         self.state = State.CONNECTING  # nothing more is read from this client
         target = self.proxy.cancel_keys.get((msg.pid, msg.secret))
         if target is None:
@@ -365,7 +369,7 @@ class ClientConnection(asyncio.Protocol):
             raise ProtocolError("no PostgreSQL user name specified in startup packet", "28000")
         if minor > 0 or unknown:
             # We speak 3.0; answer as PostgreSQL does and downgrade the upstream leg.
-            self._write(NegotiateProtocolVersion(0, unknown).encode())
+            self._write(NegotiateProtocolVersion(PROTOCOL_3_0, unknown).encode())
         up = self.proxy.config.upstream
         if "database" not in params and up.dbname:
             params["database"] = up.dbname
@@ -436,6 +440,7 @@ class ClientConnection(asyncio.Protocol):
         framer = self._server_framer
         if self.state is not State.AUTH or framer is None:
             return
+        self.metrics.bytes_to_client += len(data)
         try:
             messages = framer.feed(data)
         except ProtocolError as exc:

@@ -53,7 +53,8 @@ _S = ord("S")
 _P = ord("P")
 _I = ord("I")
 _STATUS = {ord(c): c.encode() for c in "ITE"}
-_FATAL_MARKERS = (b"SFATAL\0", b"SPANIC\0")
+# Whole severity fields (a field starts after a NUL); V also covers localized S.
+_FATAL_MARKERS = (b"\0SFATAL\0", b"\0SPANIC\0", b"\0VFATAL\0", b"\0VPANIC\0")
 _perf = time.perf_counter
 
 
@@ -182,6 +183,8 @@ class Session:
             self.inflight.append((K_CLOSE_STMT if kind == _S else K_CLOSE_PORTAL, name, b"", 0.0))
 
     def _c_sync(self, buf: bytes, start: int, end: int) -> None:
+        if self.copy_mode in (b"G", b"W"):
+            return  # the backend ignores Sync while it is in COPY IN
         self.discard_until_sync = False
         self.inflight.append((K_SYNC, b"", b"", _perf()))
 
@@ -253,12 +256,15 @@ class Session:
     def _s_error(self, buf: bytes, start: int, end: int) -> None:
         self.metrics.server_errors += 1
         self.copy_mode = None
-        msg = bytes(buf[start:end])
-        if any(m in msg for m in _FATAL_MARKERS):
+        body = b"\0" + buf[start + 5 : end]
+        if any(m in body for m in _FATAL_MARKERS):
             self.server_sent_fatal = True
         q = self.inflight
         if not q or q[0][0] in (K_QUERY, K_FUNCTION):
             return  # simple protocol: ReadyForQuery follows and pops it
+        if q[0][0] == K_PARSE and not q[0][1]:
+            # The backend dropped the old unnamed statement before the failed Parse.
+            self.statements.pop(b"", None)
         # Extended protocol: the backend now skips everything up to Sync.
         while q and q[0][0] != K_SYNC:
             q.popleft()
@@ -284,10 +290,18 @@ class Session:
             if p[0] == K_QUERY:
                 # A simple Query drops the unnamed statement and portal.
                 self.statements.pop(b"", None)
+                self.portals.pop(b"", None)
         else:
             self.desyncs += 1
         if status == _I and self.portals:
             self.portals.clear()  # portals do not outlive their transaction
 
     def _s_copy_start(self, buf: bytes, start: int, end: int) -> None:
-        self.copy_mode = bytes(buf[start : start + 1])
+        mode = buf[start : start + 1]
+        self.copy_mode = mode
+        if mode != b"H":
+            # The backend swallows Syncs that arrive while it is in COPY IN (libpq
+            # sends one right after Execute), so no ReadyForQuery will answer them.
+            q = self.inflight
+            while len(q) > 1 and q[1][0] == K_SYNC:
+                del q[1]
