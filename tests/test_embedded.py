@@ -88,6 +88,11 @@ def test_given_data_dir_survives_restart() -> None:
         assert (data / "PG_VERSION").exists()  # a caller-owned data dir is never deleted
         with EmbeddedPostgres(data_dir=data) as pg:  # reused without initdb
             assert pg.psql("SELECT x FROM kept").strip() == "7"
+            port, pid = pg.port, pg.pid
+            pg.restart()
+            assert (pg.port, pg.running) == (port, True)
+            assert pg.pid != pid
+            assert pg.psql("SELECT x FROM kept").strip() == "7"
     finally:
         shutil.rmtree(parent, ignore_errors=True)
 
