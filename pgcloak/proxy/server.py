@@ -24,6 +24,7 @@ from pgcloak.config import Config
 from pgcloak.logs import conn_logger, setup_logging
 from pgcloak.proxy.admin import start_admin, stop_admin
 from pgcloak.proxy.codec import (
+    MAX_STARTUP_PACKET,
     PROTOCOL_3_0,
     Authentication,
     CancelRequest,
@@ -54,6 +55,7 @@ __all__ = ["ClientConnection", "Proxy", "run", "upstream_reachable"]
 log = logging.getLogger("pgcloak.proxy")
 _ids = itertools.count(1)
 TERMINATE = frame(b"X", b"")
+MAX_BACKEND_MESSAGE = 0x7FFFFFFF
 SCRAM_PLUS = "SCRAM-SHA-256-PLUS"
 
 
@@ -271,7 +273,10 @@ class ClientConnection(asyncio.Protocol):
             for typ, body in self._client_framer.feed(data):
                 self._client_auth_message(typ, body)
         elif self.state is State.CONNECTING:
-            self._startup += data  # e.g. a Terminate; replayed once connected
+            # libpq sends nothing here; keep what a client does send, within bounds.
+            self._startup += data
+            if len(self._startup) > MAX_STARTUP_PACKET:
+                raise ProtocolError("unexpected data while connecting to the upstream")
         # TLS / CLOSED: nothing may arrive; drop it.
 
     def _process_startup(self) -> None:
@@ -374,8 +379,9 @@ class ClientConnection(asyncio.Protocol):
         if "database" not in params and up.dbname:
             params["database"] = up.dbname
         startup = StartupMessage(PROTOCOL_3_0, params).encode()
+        # Reading stays on while connecting, so a client that gives up is noticed
+        # at once and its upstream connect is cancelled by the teardown.
         self.state = State.CONNECTING
-        self.pause_reading()
         self._spawn(self._connect(startup))
 
     async def _connect(self, startup: bytes) -> None:
@@ -397,11 +403,10 @@ class ClientConnection(asyncio.Protocol):
         self.server = proto
         self.state = State.AUTH
         self._client_framer = Framer(cfg.max_message_size)
-        self._server_framer = Framer(cfg.max_message_size)
+        self._server_framer = Framer(MAX_BACKEND_MESSAGE)
         proto.transport.write(startup)  # type: ignore[union-attr]
         pending = bytes(self._startup)
         self._startup.clear()
-        self.resume_reading()
         if pending:
             self._client_data_slow(pending)
 
@@ -492,7 +497,10 @@ class ClientConnection(asyncio.Protocol):
         self.session = session
         size = self.proxy.config.max_message_size
         self.relay = Relay(self.server.transport, session.client_handlers, size, "frontend")
-        self.server.relay = Relay(self.transport, session.server_handlers, size, "backend")
+        # The limit guards against clients; the upstream is trusted and big rows stream.
+        self.server.relay = Relay(
+            self.transport, session.server_handlers, MAX_BACKEND_MESSAGE, "backend"
+        )
         self.state = State.READY
         self._client_framer = self._server_framer = None
         self._rx_mark = -1
