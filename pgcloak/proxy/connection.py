@@ -64,7 +64,7 @@ def _nodelay(transport: asyncio.BaseTransport) -> None:
 
 
 class ServerConnection(asyncio.Protocol):
-    """Upstream leg; forwards to its client's hot path or slow path."""
+    """Upstream leg; forwards to its client's slow path until the relay takes over."""
 
     def __init__(self, client: ClientConnection) -> None:
         self.client = client
@@ -76,15 +76,7 @@ class ServerConnection(asyncio.Protocol):
         _nodelay(transport)
 
     def data_received(self, data: bytes) -> None:
-        relay = self.relay
-        if relay is not None:
-            m = self.client.metrics
-            m.bytes_to_client += len(data)
-            try:
-                m.messages_from_server += relay.feed(data)
-            except ProtocolError as exc:
-                self.client.upstream_protocol_error(exc)
-            return
+        # Replaced by Relay.feed once the session is ready (see use_relay).
         self.client.server_data_slow(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -95,6 +87,16 @@ class ServerConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.client.resume_reading()
+
+
+def use_relay(protocol: asyncio.Protocol, transport: asyncio.BaseTransport, relay: Relay) -> None:
+    """Make `relay.feed` the protocol's data_received, with no wrapper call.
+
+    uvloop caches the bound data_received when a protocol is set, so the
+    transport is told about the protocol again after the swap.
+    """
+    protocol.data_received = relay.feed  # type: ignore[method-assign]
+    transport.set_protocol(protocol)
 
 
 class ClientConnection(asyncio.Protocol):
@@ -120,7 +122,6 @@ class ClientConnection(asyncio.Protocol):
         self._sasl_pending = False
         self._server_failed = False  # upstream already sent its own FATAL
         self._timer: asyncio.TimerHandle | None = None
-        self._rx_count = 0  # client reads since start; the idle timer compares marks
         self._rx_mark = -1
         self._paused = False
         self._cancel = False  # this connection only carried a CancelRequest
@@ -226,7 +227,7 @@ class ClientConnection(asyncio.Protocol):
         self._timer = None
         if self.state is not State.READY or self.session is None:
             return
-        mark = self._rx_count
+        mark = self.relay.reads if self.relay is not None else 0
         if mark == self._rx_mark and self.session.idle:
             self.fatal("57P05", "terminating connection due to idle-session timeout")
             return
@@ -236,16 +237,7 @@ class ClientConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ client data
 
     def data_received(self, data: bytes) -> None:
-        relay = self.relay
-        if relay is not None:
-            m = self.metrics
-            m.bytes_from_client += len(data)
-            self._rx_count += 1
-            try:
-                m.messages_from_client += relay.feed(data)
-            except ProtocolError as exc:
-                self.fatal(exc.sqlstate, str(exc))
-            return
+        # Replaced by Relay.feed once the session is ready (see use_relay).
         try:
             self._client_data_slow(data)
         except ProtocolError as exc:
@@ -449,7 +441,7 @@ class ClientConnection(asyncio.Protocol):
                 rest = b"".join(frame(t, b) for t, b in messages[i + 1 :])
                 rest += framer.take_pending()
                 if rest and self.server is not None and self.server.relay is not None:
-                    self.server.data_received(rest)
+                    self.server.relay.feed(rest)
                 return
 
     def _server_auth_message(self, typ: bytes, body: bytes) -> bytes | None:
@@ -484,11 +476,26 @@ class ClientConnection(asyncio.Protocol):
         session.txn_status = status[:1]
         self.session = session
         size = self.proxy.config.max_message_size
-        self.relay = Relay(self.server.transport, session.client_handlers, size, "frontend")
+        m = self.metrics
+        self.relay = Relay(
+            self.server.transport,
+            session.client_handlers,
+            size,
+            "frontend",
+            metrics=m,
+            on_error=self._bad_client,
+        )
         # The limit guards against clients; the upstream is trusted and big rows stream.
         self.server.relay = Relay(
-            self.transport, session.server_handlers, MAX_BACKEND_MESSAGE, "backend"
+            self.transport,
+            session.server_handlers,
+            MAX_BACKEND_MESSAGE,
+            "backend",
+            metrics=m,
+            on_error=self.upstream_protocol_error,
         )
+        use_relay(self, self.transport, self.relay)
+        use_relay(self.server, self.server.transport, self.server.relay)
         self.state = State.READY
         self._client_framer = self._server_framer = None
         self._rx_mark = -1
@@ -496,6 +503,9 @@ class ClientConnection(asyncio.Protocol):
         self.log.debug("session ready")
 
     # ------------------------------------------------------------------ upstream events
+
+    def _bad_client(self, exc: ProtocolError) -> None:
+        self.fatal(exc.sqlstate, str(exc))
 
     def upstream_protocol_error(self, exc: ProtocolError) -> None:
         self.log.warning("upstream protocol violation: %s", exc)

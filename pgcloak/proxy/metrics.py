@@ -1,13 +1,11 @@
-"""Process-wide counters exposed in Prometheus format.
+"""Prometheus exposition of the counters in `stats.Metrics`.
 
-The hot path only bumps plain ints on a `Metrics` instance (no locks, no
-label lookups); a custom collector turns them into metric families when
-/metrics is scraped. That keeps per-message accounting to an integer add.
+A custom collector reads the plain ints only when /metrics is scraped, so
+per-message accounting stays an integer add on the hot path.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Iterator
 
 from prometheus_client.core import (
@@ -17,59 +15,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-LATENCY_BUCKETS: tuple[float, ...] = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-)
+from pgcloak.proxy.stats import LATENCY_BUCKETS, Metrics
 
-
-class Metrics:
-    """Plain counters; one instance per proxy process."""
-
-    def __init__(self) -> None:
-        self.connections_active = 0
-        self.connections_total = 0
-        self.connections_rejected = 0
-        self.bytes_from_client = 0
-        self.bytes_to_client = 0
-        self.messages_from_client = 0
-        self.messages_from_server = 0
-        self.queries = 0  # simple Query messages + Execute messages
-        self.server_errors = 0  # ErrorResponse relayed from the upstream
-        self.proxy_errors = 0  # errors raised by pgcloak itself
-        self.cancel_requests = 0
-        self._buckets = [0] * (len(LATENCY_BUCKETS) + 1)
-        self._latency_sum = 0.0
-        self._latency_count = 0
-
-    def observe_latency(self, seconds: float) -> None:
-        self._buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        self._latency_sum += seconds
-        self._latency_count += 1
-
-    def latency_histogram(self) -> tuple[list[tuple[str, float]], float]:
-        cumulative = 0
-        out: list[tuple[str, float]] = []
-        for bound, n in zip(LATENCY_BUCKETS, self._buckets, strict=False):
-            cumulative += n
-            out.append((repr(bound), cumulative))
-        cumulative += self._buckets[-1]
-        out.append(("+Inf", cumulative))
-        return out, self._latency_sum
+__all__ = ["LATENCY_BUCKETS", "Metrics", "make_registry"]
 
 
 class _Collector(Collector):

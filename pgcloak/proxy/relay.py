@@ -10,17 +10,16 @@ be pass-through.
 from __future__ import annotations
 
 import asyncio
-import struct
 from collections.abc import Callable
 from typing import Final
 
-from pgcloak.proxy.codec import ProtocolError
+from pgcloak.proxy.stats import Metrics
+from pgcloak.proxy.wire import ProtocolError
 
 STREAM_MIN: Final = 256 * 1024  # larger pass-through messages are streamed, not buffered
 
-_unpack = struct.Struct("!I").unpack_from
-
 RelayHandler = Callable[[bytes, int, int], bytes | None]
+ErrorCallback = Callable[[ProtocolError], None]
 
 
 class Relay:
@@ -28,10 +27,10 @@ class Relay:
 
     `handlers` maps each valid message type byte to None (pass through) or to
     a callable that observes the message and may return replacement bytes.
-    A type missing from the map is a protocol violation.
+    A type missing from the map is a protocol violation, reported through
+    `on_error` so that `feed` can be installed as the transport protocol's
+    `data_received` with no Python wrapper around it.
     """
-
-    __slots__ = ("handlers", "max_size", "out", "sender", "skip", "tail")
 
     def __init__(
         self,
@@ -39,21 +38,48 @@ class Relay:
         handlers: dict[int, RelayHandler | None],
         max_size: int,
         sender: str,
+        *,
+        metrics: Metrics,
+        on_error: ErrorCallback,
     ) -> None:
         self.out: asyncio.WriteTransport = out  # type: ignore[assignment]
         self.handlers = handlers
+        # Flat tables indexed by the type byte: cheaper than a dict lookup per message.
+        self.valid = bytes(1 if i in handlers else 0 for i in range(256))
+        self.table: list[RelayHandler | None] = [handlers.get(i) for i in range(256)]
         self.max_size = max_size
         self.sender = sender  # "frontend" or "backend", for error messages
+        self.frontend = sender == "frontend"
+        self.metrics = metrics
+        self.on_error = on_error
         self.tail = b""
         self.skip = 0  # bytes of a streamed message still to pass through
+        self.reads = 0  # network reads seen; the idle timer compares snapshots
 
     @property
     def mid_message(self) -> bool:
         """True while the peer has seen only part of a message from us."""
         return self.skip > 0
 
-    def feed(self, data: bytes) -> int:
-        """Relay what `data` completes; return the number of messages seen."""
+    def feed(self, data: bytes) -> None:
+        """Relay what `data` completes (the protocol's data_received)."""
+        self.reads += 1
+        m = self.metrics
+        if self.frontend:
+            m.bytes_from_client += len(data)
+        else:
+            m.bytes_to_client += len(data)
+        try:
+            count = self._relay(data)
+        except ProtocolError as exc:
+            self.on_error(exc)
+            return
+        if self.frontend:
+            m.messages_from_client += count
+        else:
+            m.messages_from_server += count
+
+    def _relay(self, data: bytes) -> int:
         write = self.out.write
         skip = self.skip
         if skip:
@@ -69,20 +95,21 @@ class Relay:
         n = len(buf)
         pos = 0
         count = 0
-        handlers = self.handlers
+        table = self.table
+        valid = self.valid
+        max_size = self.max_size
         out: list[bytes] | None = None
         emitted = 0
         while n - pos >= 5:
             typ = buf[pos]
-            ln = _unpack(buf, pos + 1)[0]
-            if ln < 4 or ln > self.max_size:
+            ln = (buf[pos + 1] << 24) | (buf[pos + 2] << 16) | (buf[pos + 3] << 8) | buf[pos + 4]
+            if ln < 4 or ln > max_size:
                 self.tail = b""
                 raise ProtocolError(f"invalid {self.sender} message length {ln}")
-            try:
-                h = handlers[typ]
-            except KeyError:
+            if not valid[typ]:
                 self.tail = b""
-                raise ProtocolError(f"invalid {self.sender} message type {typ}") from None
+                raise ProtocolError(f"invalid {self.sender} message type {typ}")
+            h = table[typ]
             end = pos + 1 + ln
             if end > n:
                 if h is None and end - pos >= STREAM_MIN:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Final
 
 from pgcloak.proxy.codec import ProtocolError, one_cstr, two_cstrs
-from pgcloak.proxy.metrics import Metrics
+from pgcloak.proxy.stats import Metrics
 
 # Kinds of in-flight requests; small ints keep the queue cheap.
 K_QUERY: Final = 0

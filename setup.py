@@ -1,0 +1,35 @@
+"""Build hook: compile the hot-path modules with mypyc when it is available.
+
+The proxy's per-message work (framing and session bookkeeping) is plain typed
+Python; mypyc turns those two modules into C extensions for roughly half the
+CPU per message. Everything works unchanged without them (set
+PGCLOAK_PURE_PYTHON=1 to skip compilation), so a missing compiler never
+blocks an install.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from setuptools import setup
+
+HOT_PATH = [
+    "pgcloak/proxy/relay.py",
+    "pgcloak/proxy/session.py",
+    "pgcloak/proxy/stats.py",
+]
+
+
+def _ext_modules() -> list[object]:
+    if os.environ.get("PGCLOAK_PURE_PYTHON") == "1":
+        return []
+    try:
+        from mypyc.build import mypycify
+    except ImportError:
+        print("pgcloak: mypyc not available; installing pure Python", file=sys.stderr)
+        return []
+    return list(mypycify(HOT_PATH, opt_level="3"))
+
+
+setup(ext_modules=_ext_modules())
