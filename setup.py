@@ -9,8 +9,11 @@ blocks an install.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
+from pathlib import Path
 
 from setuptools import setup
 
@@ -23,13 +26,19 @@ HOT_PATH = [
 
 def _ext_modules() -> list[object]:
     if os.environ.get("PGCLOAK_PURE_PYTHON") == "1":
+        Path("pgcloak/proxy/_compiled.json").unlink(missing_ok=True)
         return []
     try:
         from mypyc.build import mypycify
     except ImportError:
         print("pgcloak: mypyc not available; installing pure Python", file=sys.stderr)
+        Path("pgcloak/proxy/_compiled.json").unlink(missing_ok=True)
         return []
-    return list(mypycify(HOT_PATH, opt_level="3"))
+    modules = list(mypycify(HOT_PATH, opt_level="3"))
+    # Recorded so that pgcloak.proxy can tell a stale extension from a fresh one.
+    digests = {Path(p).stem: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in HOT_PATH}
+    Path("pgcloak/proxy/_compiled.json").write_text(json.dumps(digests, indent=1) + "\n")
+    return modules
 
 
 setup(ext_modules=_ext_modules())

@@ -1,0 +1,49 @@
+"""Wire-protocol proxy. See README.md for the module map.
+
+The hot-path modules may be compiled with mypyc (setup.py). A compiled build
+records the SHA-256 of each source it compiled; if a source has changed since
+(an editable install after an edit) or PGCLOAK_PURE_PYTHON=1 is set, the
+sources are loaded instead of the stale extensions, so the code that runs is
+always the code on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+COMPILED = ("stats", "relay", "session")  # dependency order
+_HERE = Path(__file__).resolve().parent
+
+
+def _stale() -> bool:
+    if os.environ.get("PGCLOAK_PURE_PYTHON") == "1":
+        return True
+    try:
+        recorded = json.loads((_HERE / "_compiled.json").read_text())
+    except (OSError, ValueError):
+        return False  # not a compiled build: plain imports find the sources
+    for name in COMPILED:
+        digest = hashlib.sha256((_HERE / f"{name}.py").read_bytes()).hexdigest()
+        if recorded.get(name) != digest:
+            return True
+    return False
+
+
+def _load_sources() -> None:
+    for name in COMPILED:
+        full = f"{__name__}.{name}"
+        spec = importlib.util.spec_from_file_location(full, _HERE / f"{name}.py")
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load {full} from source")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[full] = module
+        spec.loader.exec_module(module)
+
+
+if _stale():
+    _load_sources()

@@ -1,0 +1,36 @@
+"""The compiled hot path and the pure-Python one must be interchangeable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from helpers import REPO_ROOT
+
+PROBE = (
+    "import pgcloak.proxy.relay as r, pgcloak.proxy.session as s, pgcloak.proxy.stats as t;"
+    "print(r.__file__); print(s.__file__); print(t.__file__)"
+)
+
+
+def _files(env: dict[str, str]) -> list[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        cwd=REPO_ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.split()
+
+
+def test_pure_python_switch_loads_sources() -> None:
+    assert all(f.endswith(".py") for f in _files({"PGCLOAK_PURE_PYTHON": "1"}))
+
+
+def test_hot_path_modules_are_all_compiled_or_all_source() -> None:
+    # Mixing a compiled module with a source one would break native calls between them.
+    kinds = {f.endswith(".py") for f in _files({"PGCLOAK_PURE_PYTHON": ""})}
+    assert len(kinds) == 1
