@@ -10,8 +10,13 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# A C compiler lets setup.py build the hot path with mypyc (optional but ~2x less CPU).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+COPY pyproject.toml setup.py README.md ./
 COPY pgcloak ./pgcloak
+COPY sql ./sql
 # Wheels for pgcloak and every runtime dependency, installed offline in the next stage.
 RUN pip wheel --wheel-dir /wheels .
 

@@ -35,6 +35,8 @@ def _ext_modules() -> list[object]:
         Path("pgcloak/proxy/_compiled.json").unlink(missing_ok=True)
         return []
     modules = list(mypycify(HOT_PATH, opt_level="3"))
+    for ext in modules:
+        ext.optional = True  # no compiler: install the pure-Python modules instead
     # Recorded so that pgcloak.proxy can tell a stale extension from a fresh one.
     digests = {Path(p).stem: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in HOT_PATH}
     Path("pgcloak/proxy/_compiled.json").write_text(json.dumps(digests, indent=1) + "\n")

@@ -1,4 +1,5 @@
-"""The `pgcloak` command: `serve`, `demo` and `version`.
+"""The `pgcloak` command: `serve`, `demo`, `version`, and the registry tools
+(`init`, `keys new`, `map list|show`, `schema check|export`).
 
 Heavy modules (the proxy, the demo's embedded PostgreSQL) are imported inside the
 command functions so `--help` and `version` stay fast and never depend on them.
@@ -8,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from pgcloak import __version__
 from pgcloak.config import Config
@@ -88,7 +90,245 @@ def build_parser() -> argparse.ArgumentParser:
 
     version = sub.add_parser("version", help="print the version and exit")
     version.set_defaults(func=_cmd_version)
+    _add_registry_commands(sub)
     return parser
+
+
+# -- registry tools ------------------------------------------------------------------
+
+_UPSTREAM_ENV = "PGCLOAK_UPSTREAM"
+
+
+def _add_registry_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    def connection_args(p: argparse.ArgumentParser, key: bool) -> None:
+        p.add_argument(
+            "--upstream",
+            metavar="DSN",
+            default=None,
+            help="the database: a postgresql:// URL or libpq 'key=value' string, connecting "
+            f"as a role that may use schema pgcloak (env {_UPSTREAM_ENV}; libpq PG* "
+            "variables and ~/.pgpass apply)",
+        )
+        if key:
+            p.add_argument(
+                "--master-key-file",
+                metavar="PATH",
+                default=None,
+                help="file holding the base64 master key (mode 0600); default: "
+                "$PGCLOAK_MASTER_KEY, else the file named by $PGCLOAK_MASTER_KEY_FILE",
+            )
+
+    init = sub.add_parser(
+        "init",
+        help="install or upgrade the pgcloak registry in a database",
+        description="Install the registry (schema pgcloak) into a database, or upgrade it to "
+        "this pgcloak's version; does nothing when it is current. With a master key, also "
+        "records (or verifies) the key's public check value.",
+    )
+    connection_args(init, key=True)
+    init.set_defaults(func=_cmd_init)
+
+    keys = sub.add_parser("keys", help="master key tools")
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="COMMAND", required=True)
+    new = keys_sub.add_parser(
+        "new",
+        help="print a fresh random master key (base64 of 32 bytes)",
+        description="Print a fresh master key, or write it to a new file with mode 0600.",
+    )
+    new.add_argument(
+        "--out", metavar="PATH", default=None, help="write to this new file instead of stdout"
+    )
+    new.set_defaults(func=_cmd_keys_new)
+
+    map_cmd = sub.add_parser("map", help="show semantic <-> physical names (needs the master key)")
+    map_sub = map_cmd.add_subparsers(dest="map_command", metavar="COMMAND", required=True)
+    map_list = map_sub.add_parser("list", help="list every cloaked object")
+    connection_args(map_list, key=True)
+    map_list.set_defaults(func=_cmd_map_list)
+    map_show = map_sub.add_parser("show", help="details of one table, view or sequence")
+    map_show.add_argument("name", metavar="NAME", help="semantic name, optionally schema.name")
+    connection_args(map_show, key=True)
+    map_show.set_defaults(func=_cmd_map_show)
+
+    schema = sub.add_parser("schema", help="compare or export the cloaked schema")
+    schema_sub = schema.add_subparsers(dest="schema_command", metavar="COMMAND", required=True)
+    check = schema_sub.add_parser(
+        "check",
+        help="compare the registry with pg_catalog; exit 1 on any difference",
+        description="Check that every registered object exists under its physical name and "
+        "that no relation, column or constraint exists that the registry does not know.",
+    )
+    connection_args(check, key=True)
+    check.set_defaults(func=_cmd_schema_check)
+    export = schema_sub.add_parser("export", help="print the schema as DDL with semantic names")
+    connection_args(export, key=True)
+    export.set_defaults(func=_cmd_schema_export)
+
+
+class _ToolError(Exception):
+    """A registry tool failed; the message is for the operator."""
+
+
+def _connect(args: argparse.Namespace) -> Any:
+    import os
+
+    import psycopg
+
+    dsn = args.upstream or os.environ.get(_UPSTREAM_ENV)
+    if not dsn:
+        raise _ToolError(f"no database given: use --upstream DSN or set {_UPSTREAM_ENV}")
+    try:
+        return psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+    except psycopg.Error as exc:
+        raise _ToolError(f"cannot connect to the database: {exc}") from None
+
+
+def _load_registry(args: argparse.Namespace, conn: Any) -> Any:
+    """Check the registry version and the master key, then decrypt the registry."""
+    from pgcloak.crypto.keys import MasterKey, MasterKeyError
+    from pgcloak.crypto.names import DecryptionError, NameCipher
+    from pgcloak.registry.db import KeyMismatch, check_master_key, fetch_registry, registry_status
+    from pgcloak.registry.store import RegistryError
+
+    try:
+        master = MasterKey.load(args.master_key_file)
+    except MasterKeyError as exc:
+        raise _ToolError(str(exc)) from None
+    status = registry_status(conn)
+    if not status.ok:
+        raise _ToolError(status.describe())
+    try:
+        check_master_key(conn, master)
+        return fetch_registry(conn, NameCipher.from_master(master))
+    except (KeyMismatch, DecryptionError, RegistryError) as exc:
+        raise _ToolError(str(exc)) from None
+
+
+def _run_tool(args: argparse.Namespace, body: Callable[[Any], int]) -> int:
+    import psycopg
+
+    try:
+        with _connect(args) as conn:
+            return body(conn)
+    except _ToolError as exc:
+        _print_problems([str(exc)])
+        return 1
+    except psycopg.Error as exc:
+        _print_problems([f"database error: {exc}"])
+        return 1
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    import os
+
+    from pgcloak.crypto.keys import MASTER_KEY_ENV, MASTER_KEY_FILE_ENV, MasterKey, MasterKeyError
+    from pgcloak.registry.install import InstallError, ScriptSet, install
+
+    master = None
+    # The key is optional for init, but one that is configured must be valid.
+    if args.master_key_file is not None or any(
+        os.environ.get(var, "").strip() for var in (MASTER_KEY_ENV, MASTER_KEY_FILE_ENV)
+    ):
+        try:
+            master = MasterKey.load(args.master_key_file)
+        except MasterKeyError as exc:
+            _print_problems([str(exc)])
+            return 2
+    try:
+        scripts = ScriptSet.scan()
+    except InstallError as exc:
+        _print_problems([str(exc)])
+        return 1
+
+    def body(conn: Any) -> int:
+        try:
+            result = install(conn, master, scripts)
+        except InstallError as exc:
+            raise _ToolError(str(exc)) from None
+        for action in result.actions:
+            print(action.removeprefix("= "))
+        if master is None:
+            print("no master key given: its check value will be recorded on first use")
+        print(f"registry: {result.after.describe()}")
+        return 0
+
+    return _run_tool(args, body)
+
+
+def _cmd_keys_new(args: argparse.Namespace) -> int:
+    import os
+
+    from pgcloak.crypto.keys import new_master_key
+
+    key = new_master_key()
+    if args.out is None:
+        print(key)
+        return 0
+    try:
+        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        _print_problems([f"cannot create {args.out!r}: {exc.strerror or exc}"])
+        return 1
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(key + "\n")
+    print(f"wrote a new master key to {args.out} (mode 0600); keep a copy somewhere safe")
+    return 0
+
+
+def _cmd_map_list(args: argparse.Namespace) -> int:
+    from pgcloak.registry.tools import map_list
+
+    def body(conn: Any) -> int:
+        for line in map_list(_load_registry(args, conn)):
+            print(line)
+        return 0
+
+    return _run_tool(args, body)
+
+
+def _cmd_map_show(args: argparse.Namespace) -> int:
+    from pgcloak.registry.tools import find_table, map_show
+
+    def body(conn: Any) -> int:
+        registry = _load_registry(args, conn)
+        matches = find_table(registry, args.name)
+        if not matches:
+            raise _ToolError(f"no cloaked table, view or sequence called {args.name!r}")
+        for i, obj in enumerate(matches):
+            if i:
+                print()
+            for line in map_show(registry, obj):
+                print(line)
+        return 0
+
+    return _run_tool(args, body)
+
+
+def _cmd_schema_check(args: argparse.Namespace) -> int:
+    from pgcloak.registry.tools import check_schema
+
+    def body(conn: Any) -> int:
+        registry = _load_registry(args, conn)
+        findings = check_schema(conn, registry)
+        for finding in findings:
+            print(finding)
+        if findings:
+            print(f"{len(findings)} difference(s) between the registry and the catalog")
+            return 1
+        print(f"registry and catalog agree ({len(registry)} registered objects)")
+        return 0
+
+    return _run_tool(args, body)
+
+
+def _cmd_schema_export(args: argparse.Namespace) -> int:
+    from pgcloak.registry.tools import export_schema
+
+    def body(conn: Any) -> int:
+        print(export_schema(conn, _load_registry(args, conn)), end="")
+        return 0
+
+    return _run_tool(args, body)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

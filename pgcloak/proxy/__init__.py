@@ -10,6 +10,7 @@ always the code on disk.
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
 import importlib.util
 import json
 import os
@@ -27,10 +28,13 @@ def _stale() -> bool:
         recorded = json.loads((_HERE / "_compiled.json").read_text())
     except (OSError, ValueError):
         return False  # not a compiled build: plain imports find the sources
+    suffixes = importlib.machinery.EXTENSION_SUFFIXES
     for name in COMPILED:
         digest = hashlib.sha256((_HERE / f"{name}.py").read_bytes()).hexdigest()
         if recorded.get(name) != digest:
             return True
+        if not any((_HERE / f"{name}{suffix}").exists() for suffix in suffixes):
+            return True  # an optional extension failed to build: keep them all alike
     return False
 
 
