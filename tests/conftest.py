@@ -201,3 +201,22 @@ def proxy(pg: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pr
     proc = launcher.start(pg.upstream_url())
     yield proc
     launcher.close()
+
+
+@pytest.fixture(scope="module")
+def launcher(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ProxyLauncher]:
+    """Module-wide proxies (each start costs ~1 s), stopped after the module."""
+    launch = ProxyLauncher(tmp_path_factory.mktemp(f"{request.module.__name__}-proxies"))
+    yield launch
+    launch.close()
+
+
+@pytest.fixture
+def dump_launcher_logs(request: pytest.FixtureRequest, launcher: ProxyLauncher) -> Iterator[None]:
+    """Print the module proxies' logs after a failed test (opt in with usefixtures)."""
+    yield
+    if _failed(request):
+        for proc in launcher.procs:
+            print(f"--- {proc!r} exit={proc.returncode} log ---\n{proc.log_text()[-20000:]}")

@@ -417,3 +417,17 @@ class ProxyLauncher:
     def close(self) -> None:
         for proc in self.procs:
             proc.stop()
+
+
+class Sink:
+    """A relay's transport: records every write, nothing else (a byte sink, not a server)."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.writes)

@@ -42,23 +42,7 @@ SSL_QUERY = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
 # -- fixtures ---------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def launcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyLauncher]:
-    """Module-wide proxies (each start costs ~1 s); stopped after the module."""
-    launch = ProxyLauncher(tmp_path_factory.mktemp("auth-tls-proxies"))
-    yield launch
-    launch.close()
-
-
-@pytest.fixture(autouse=True)
-def _dump_module_proxy_logs(
-    request: pytest.FixtureRequest, launcher: ProxyLauncher
-) -> Iterator[None]:
-    yield
-    rep = getattr(request.node, "_pgcloak_rep_call", None)
-    if rep is None or rep.failed:
-        for proc in launcher.procs:
-            print(f"--- {proc!r} exit={proc.returncode} log ---\n{proc.log_text()}")
+pytestmark = pytest.mark.usefixtures("dump_launcher_logs")
 
 
 @pytest.fixture(scope="module")

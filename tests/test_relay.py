@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import cast
 
 import pytest
+from helpers import Sink
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -43,20 +44,6 @@ Handler = Callable[[bytes, int, int], bytes | None]
 
 # Frontend message types a session relay accepts.
 CLIENT_TYPES = b"QPBDECSFHdcfX"
-
-
-class Sink:
-    """The relay's transport: records every write, nothing else."""
-
-    def __init__(self) -> None:
-        self.writes: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(data)
-
-    @property
-    def data(self) -> bytes:
-        return b"".join(self.writes)
 
 
 class Recorder:

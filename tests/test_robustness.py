@@ -232,22 +232,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 # -- fixtures ----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def launcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyLauncher]:
-    launch = ProxyLauncher(tmp_path_factory.mktemp("robustness-proxies"))
-    yield launch
-    launch.close()
-
-
-@pytest.fixture(autouse=True)
-def _dump_module_proxy_logs(
-    request: pytest.FixtureRequest, launcher: ProxyLauncher
-) -> Iterator[None]:
-    yield
-    rep = getattr(request.node, "_pgcloak_rep_call", None)
-    if rep is None or rep.failed:
-        for proc in launcher.procs:
-            print(f"--- {proc!r} exit={proc.returncode} log ---\n{proc.log_text()[-20000:]}")
+pytestmark = pytest.mark.usefixtures("dump_launcher_logs")
 
 
 @pytest.fixture(scope="module")

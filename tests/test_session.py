@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 import pytest
+from helpers import Sink
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -64,20 +65,6 @@ from pgcloak.proxy.session import KIND_NAMES, Session
 from pgcloak.proxy.stats import Metrics
 
 # --------------------------------------------------------------------------- harness
-
-
-class Sink:
-    """A relay's transport: records every write, nothing else."""
-
-    def __init__(self) -> None:
-        self.writes: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(data)
-
-    @property
-    def data(self) -> bytes:
-        return b"".join(self.writes)
 
 
 class Wire:
