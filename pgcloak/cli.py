@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         serve.add_argument(
             option.flag, dest=option.key, metavar=option.metavar, default=None, help=_help(option)
         )
+    # Internal: set by the --workers supervisor on each worker process it starts.
+    serve.add_argument("--worker-slot", dest="worker_slot", default=None, help=argparse.SUPPRESS)
     serve.set_defaults(func=_cmd_serve)
 
     demo = sub.add_parser(
@@ -343,9 +345,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         # Same argv, fresh file and environment; raises ConfigError (a ValueError) if bad.
         return load_config(args)
 
-    from pgcloak.proxy.server import run  # lazy: heavy, and not needed for --help
+    # Lazy imports: heavy, and not needed for --help.
+    from pgcloak.proxy.server import run
+    from pgcloak.proxy.workers import supervise, worker_slot
 
-    return run(config, reload=reload)
+    if config.workers > 1 and args.worker_slot is None:
+        return supervise(config, list(args.argv))
+    return run(config, reload=reload, worker_slot=worker_slot(args.worker_slot))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -399,5 +405,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    args.argv = _serve_argv(argv if argv is not None else sys.argv[1:])
     code: int = args.func(args)
     return code
+
+
+def _serve_argv(argv: list[str]) -> list[str]:
+    """The arguments after `serve`, for the worker processes a supervisor starts."""
+    return argv[argv.index("serve") + 1 :] if "serve" in argv else []

@@ -39,4 +39,5 @@ class Config:
     log_level: str = "INFO"
     log_format: str = "text"  # text | json
     mode: str = "prod"  # prod never logs semantic names or values; dev may
+    workers: int = 1  # processes sharing the listen port (SO_REUSEPORT)
     config_file: str | None = None

@@ -152,6 +152,12 @@ OPTIONS: tuple[Option, ...] = (
         "prod never logs semantic names or values; dev may (for debugging only)",
         _D.mode,
     ),
+    Option(
+        "workers",
+        "N",
+        "proxy processes sharing the listen port (SO_REUSEPORT); 'auto' = one per CPU",
+        str(_D.workers),
+    ),
 )
 
 _KEYS = frozenset(o.key for o in OPTIONS)
@@ -384,6 +390,24 @@ def parse_size(text: str | int) -> int:
         raise ValueError(str(exc)) from None
 
 
+MAX_WORKERS = 64
+
+
+def _workers(value: object) -> int:
+    text = _as_str(value).strip().lower() if not isinstance(value, int) else str(value)
+    if text == "":
+        return Config().workers
+    if text == "auto":
+        return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+    try:
+        n = int(text)
+    except ValueError:
+        raise _Invalid("expected a whole number of processes or 'auto'") from None
+    if not 1 <= n <= MAX_WORKERS:
+        raise _Invalid(f"expected 1 to {MAX_WORKERS} processes or 'auto'")
+    return n
+
+
 def _seconds(value: object, *, allow_zero: bool) -> float:
     if isinstance(value, bool):
         raise _Invalid("expected a number of seconds")
@@ -439,6 +463,7 @@ _PARSERS: dict[str, Callable[[object], object]] = {
     "log_level": _choice(LOG_LEVELS, upper=True),
     "log_format": _choice(LOG_FORMATS),
     "mode": _choice(MODES),
+    "workers": _workers,
 }
 _PATH_KEYS = ("tls_cert", "tls_key", "upstream_sslrootcert", "upstream_sslcert", "upstream_sslkey")
 assert set(_PARSERS) == _KEYS - {"upstream"}
@@ -627,5 +652,6 @@ def _build(values: dict[str, object], url: _Url | None, config_file: str | None)
         log_level=cast(str, values.get("log_level", d.log_level)),
         log_format=cast(str, values.get("log_format", d.log_format)),
         mode=cast(str, values.get("mode", d.mode)),
+        workers=cast(int, values.get("workers", d.workers)),
         config_file=config_file,
     )

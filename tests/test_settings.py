@@ -201,9 +201,11 @@ def test_env_vars_are_named_after_keys(pem: tuple[str, str]) -> None:
         PGCLOAK_LOG_LEVEL="debug",
         PGCLOAK_LOG_FORMAT="JSON",
         PGCLOAK_MODE="dev",
+        PGCLOAK_WORKERS="2",
         PGCLOAK_UNRELATED="ignored",
     )
     c = load_config(None, env)
+    assert c.workers == 2
     assert c.upstream == Upstream(
         host="h", sslmode="require", sslrootcert=cert, sslcert=cert, sslkey=key
     )
@@ -616,3 +618,13 @@ def test_serve_sighup_rereads_the_config_file(tmp_path: Path) -> None:
             proc.wait()
     json_lines = [json.loads(line) for line in log_path.read_text().splitlines()[1:]]
     assert json_lines[-1]["msg"] == "pgcloak stopped"
+
+
+def test_workers_option() -> None:
+    assert load_config({"workers": "auto"}, {}).workers == max(1, min(64, os.cpu_count() or 1))
+    assert load_config({"workers": "3"}, {}).workers == 3
+    assert load_config(None, {}).workers == 1
+    for bad in ("0", "65", "many"):
+        with pytest.raises(ConfigError) as err:
+            load_config({"workers": bad}, {})
+        assert "workers" in str(err.value)

@@ -17,6 +17,7 @@ import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from pgcloak.config import Upstream
 from pgcloak.logs import conn_logger
 from pgcloak.proxy.codec import (
     MAX_STARTUP_PACKET,
@@ -116,6 +117,7 @@ class ClientConnection(asyncio.Protocol):
         self.tls = False
         self.gss_done = False
         self.key: tuple[int, int] | None = None
+        self.upstream: Upstream = proxy.config.upstream  # where this session's backend lives
         self._startup = bytearray()
         self._client_framer: Framer | None = None
         self._server_framer: Framer | None = None
@@ -321,21 +323,18 @@ class ClientConnection(asyncio.Protocol):
         self.state = State.STARTUP
 
     def _on_cancel(self, msg: CancelRequest) -> None:
+        # A key this process does not know may belong to a sibling worker; every
+        # worker relays to the same upstream, which checks the key itself.
         self.metrics.cancel_requests += 1
         self._cancel = True
         self.state = State.CONNECTING  # nothing more is read from this client
-        target = self.proxy.cancel_keys.get((msg.pid, msg.secret))
-        if target is None:
-            self.log.info("cancel request with unknown key ignored")
-            self._teardown()
-            return
         self._spawn(self._forward_cancel(msg))
 
     async def _forward_cancel(self, msg: CancelRequest) -> None:
+        owner = self.proxy.cancel_keys.get((msg.pid, msg.secret))
+        upstream = owner.upstream if owner is not None else self.proxy.config.upstream
         try:
-            await send_cancel(
-                self.proxy.config.upstream, msg.pid, msg.secret, self.proxy.config.connect_timeout
-            )
+            await send_cancel(upstream, msg.pid, msg.secret, self.proxy.config.connect_timeout)
         except (OSError, TimeoutError) as exc:
             self.log.warning("could not forward cancel request: %s", type(exc).__name__)
         finally:
@@ -366,6 +365,7 @@ class ClientConnection(asyncio.Protocol):
 
     async def _connect(self, startup: bytes) -> None:
         cfg = self.proxy.config
+        self.upstream = cfg.upstream
         try:
             async with asyncio.timeout(cfg.connect_timeout):
                 transport, proto = await open_upstream(

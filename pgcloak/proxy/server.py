@@ -20,6 +20,7 @@ from pgcloak.proxy.connection import ClientConnection, State
 from pgcloak.proxy.metrics import Metrics
 from pgcloak.proxy.tls import client_context, upstream_context
 from pgcloak.proxy.upstream import upstream_reachable
+from pgcloak.proxy.workers import PUBLISH_INTERVAL, StatsSlot
 
 __all__ = ["ClientConnection", "Proxy", "run", "upstream_reachable"]
 
@@ -29,8 +30,9 @@ log = logging.getLogger("pgcloak.proxy")
 class Proxy:
     """Listener, shared state and lifecycle (drain, reload) of one process."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, reuse_port: bool = False) -> None:
         self.config = config
+        self.reuse_port = reuse_port  # a worker sharing the port with its siblings
         self.metrics = Metrics()
         self.clients: set[ClientConnection] = set()
         self.cancel_keys: dict[tuple[int, int], ClientConnection] = {}
@@ -52,6 +54,7 @@ class Proxy:
             cfg.listen_host,
             cfg.listen_port,
             reuse_address=True,
+            reuse_port=self.reuse_port or None,
             backlog=1024,
         )
         self.port = self._server.sockets[0].getsockname()[1]
@@ -119,7 +122,7 @@ class Proxy:
         log.info("configuration reloaded")
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     try:
         import uvloop
     except ImportError:
@@ -128,14 +131,26 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
-def run(config: Config, reload: Callable[[], Config] | None = None) -> int:
+def run(
+    config: Config,
+    reload: Callable[[], Config] | None = None,
+    worker_slot: StatsSlot | None = None,
+) -> int:
     """Serve until SIGTERM/SIGINT has drained the sessions; return an exit code."""
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(_serve(config, reload))
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        return runner.run(_serve(config, reload, worker_slot))
 
 
-async def _serve(config: Config, reload: Callable[[], Config] | None) -> int:
-    proxy = Proxy(config)
+async def _publish(proxy: Proxy, slot: StatsSlot) -> None:
+    while True:
+        slot.publish(proxy.metrics)
+        await asyncio.sleep(PUBLISH_INTERVAL)
+
+
+async def _serve(
+    config: Config, reload: Callable[[], Config] | None, slot: StatsSlot | None
+) -> int:
+    proxy = Proxy(config, reuse_port=slot is not None)
     try:
         await proxy.start()
     except OSError as exc:
@@ -165,6 +180,11 @@ async def _serve(config: Config, reload: Callable[[], Config] | None) -> int:
         config.upstream.port,
         f"{config.admin_host}:{proxy.admin_port}" if config.admin_host else "off",
     )
+    publisher = None if slot is None else loop.create_task(_publish(proxy, slot))
     await proxy.wait_closed()
+    if publisher is not None and slot is not None:
+        publisher.cancel()
+        slot.publish(proxy.metrics)
+        slot.close()
     log.info("pgcloak stopped")
     return 0

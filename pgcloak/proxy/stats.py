@@ -33,6 +33,9 @@ class Metrics:
     """Plain counters; one instance per proxy process."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.connections_active = 0
         self.connections_total = 0
         self.connections_rejected = 0
@@ -62,3 +65,43 @@ class Metrics:
         cumulative += self._buckets[-1]
         out.append(("+Inf", cumulative))
         return out, self._latency_sum
+
+    # Worker processes publish a snapshot into shared memory; the supervisor sums them.
+    def snapshot(self) -> tuple[list[int], float]:
+        """Counters (COUNTERS order, then histogram buckets, then count) and latency sum."""
+        ints = [
+            self.connections_active,
+            self.connections_total,
+            self.connections_rejected,
+            self.bytes_from_client,
+            self.bytes_to_client,
+            self.messages_from_client,
+            self.messages_from_server,
+            self.queries,
+            self.server_errors,
+            self.proxy_errors,
+            self.cancel_requests,
+        ]
+        return ints + self._buckets + [self._latency_count], self._latency_sum
+
+    def add(self, ints: list[int], latency_sum: float) -> None:
+        """Add another process's snapshot to these counters."""
+        self.connections_active += ints[0]
+        self.connections_total += ints[1]
+        self.connections_rejected += ints[2]
+        self.bytes_from_client += ints[3]
+        self.bytes_to_client += ints[4]
+        self.messages_from_client += ints[5]
+        self.messages_from_server += ints[6]
+        self.queries += ints[7]
+        self.server_errors += ints[8]
+        self.proxy_errors += ints[9]
+        self.cancel_requests += ints[10]
+        nb = len(self._buckets)
+        for i in range(nb):
+            self._buckets[i] += ints[11 + i]
+        self._latency_count += ints[11 + nb]
+        self._latency_sum += latency_sum
+
+
+SNAPSHOT_INTS = 11 + len(LATENCY_BUCKETS) + 1 + 1  # counters, buckets (+Inf), count
