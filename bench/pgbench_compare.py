@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import itertools
 import json
 import os
 import platform
@@ -412,6 +413,7 @@ class PgBouncerTarget(Target):
 class PgcloakTarget(Target):
     name = "pgcloak"
     description = "pgbench through `python -m pgcloak serve`"
+    extra_args: tuple[str, ...] = ()
 
     def __init__(self, ctx: BenchContext) -> None:
         super().__init__(ctx)
@@ -437,6 +439,7 @@ class PgcloakTarget(Target):
             self.upstream_url(),
             "--log-level",
             "WARNING",
+            *self.extra_args,
             *self.ctx.args.pgcloak_arg,
         ]
         env = dict(os.environ)
@@ -459,6 +462,15 @@ class PgcloakTarget(Target):
 
     def info(self) -> dict[str, Any]:
         return {"description": self.description, "python": sys.version.split()[0]}
+
+
+@register
+class PgcloakWorkersTarget(PgcloakTarget):
+    """pgcloak with two worker processes sharing the port (one per core here)."""
+
+    name = "pgcloak-w2"
+    description = "pgbench through `python -m pgcloak serve --workers 2`"
+    extra_args: tuple[str, ...] = ("--workers", "2")
 
 
 # --------------------------------------------------------------------------- setup
@@ -569,9 +581,12 @@ def evaluate_goals(cells: list[Cell]) -> list[dict[str, Any]]:
     """The issue's acceptance targets, per mode; only when pgcloak and PgBouncer both ran."""
     goals: list[dict[str, Any]] = []
     index = {(c.mode, c.clients, c.target): c for c in cells}
-    for mode, clients in dict.fromkeys((c.mode, c.clients) for c in cells):
+    cloaks = [t for t in dict.fromkeys(c.target for c in cells) if t.startswith("pgcloak")]
+    for (mode, clients), name in itertools.product(
+        dict.fromkeys((c.mode, c.clients) for c in cells), cloaks
+    ):
         cloak, bouncer = (
-            index.get((mode, clients, "pgcloak")),
+            index.get((mode, clients, name)),
             index.get((mode, clients, "pgbouncer")),
         )
         if cloak is None or bouncer is None:
@@ -582,7 +597,7 @@ def evaluate_goals(cells: list[Cell]) -> list[dict[str, Any]]:
                 {
                     "mode": mode,
                     "clients": clients,
-                    "goal": f"pgcloak tps >= {GOAL_TPS_RATIO} x pgbouncer",
+                    "goal": f"{name} tps >= {GOAL_TPS_RATIO} x pgbouncer",
                     "value": ratio,
                     "ok": ratio is not None and ratio >= GOAL_TPS_RATIO,
                 }
@@ -593,7 +608,7 @@ def evaluate_goals(cells: list[Cell]) -> list[dict[str, Any]]:
                 {
                     "mode": mode,
                     "clients": clients,
-                    "goal": f"pgcloak added latency <= pgbouncer's + {GOAL_EXTRA_LATENCY_US:g} us",
+                    "goal": f"{name} added latency <= pgbouncer's + {GOAL_EXTRA_LATENCY_US:g} us",
                     "value": None if a is None or b is None else a - b,
                     "ok": a is not None and b is not None and a <= b + GOAL_EXTRA_LATENCY_US,
                 }
