@@ -174,3 +174,19 @@ def test_many_messages_pipelined_before_sync(both: tuple[Wire, Wire]) -> None:
     msgs.append(Sync())
     res = _same(both, *msgs)
     assert [t for t, _ in res].count(b"C") == 200
+
+
+def test_query_pipelined_with_startup(pg: PgServer, proxy: ProxyProcess) -> None:
+    """A client may send its first query in the same packet as the startup message."""
+    results = []
+    for host, port in ((pg.host, pg.port), (proxy.host, proxy.port)):
+        sock = socket.create_connection((host, port), timeout=10)
+        startup = StartupMessage(params={"user": "postgres", "database": "postgres"})
+        sock.sendall(startup.encode() + Query("SELECT 6 * 7 AS answer").encode())
+        w = Wire.__new__(Wire)
+        w.sock, w.buf = sock, b""
+        w.until(b"Z")  # end of authentication
+        results.append(_shape(w.until(b"Z")))
+        w.close()
+    assert results[0] == results[1]
+    assert [t for t, _ in results[1]] == [b"T", b"D", b"C", b"Z"]

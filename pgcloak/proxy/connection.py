@@ -127,6 +127,7 @@ class ClientConnection(asyncio.Protocol):
         self._rx_mark = -1
         self._paused = False
         self._cancel = False  # this connection only carried a CancelRequest
+        self._early: list[bytes] = []  # client messages that arrived during authentication
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ lifecycle
@@ -398,7 +399,12 @@ class ClientConnection(asyncio.Protocol):
             self._teardown()
             return
         if typ != b"p":
-            raise ProtocolError(f"invalid frontend message type {typ[0]} during authentication")
+            # Sent ahead of authentication's end (pipelined after startup): PostgreSQL
+            # reads it once it is ready, so it goes through the relay then, tracked.
+            self._early.append(frame(typ, body))
+            if sum(map(len, self._early)) > self.proxy.config.max_message_size:
+                raise ProtocolError("too much data before authentication completed")
+            return
         if self._sasl_pending:
             self._sasl_pending = False
             self._check_gs2(body)
@@ -497,10 +503,16 @@ class ClientConnection(asyncio.Protocol):
         use_relay(self, self.transport, self.relay)
         use_relay(self.server, self.server.transport, self.server.relay)
         self.state = State.READY
+        early = b"".join(self._early)
+        if self._client_framer is not None:
+            early += self._client_framer.take_pending()
+        self._early.clear()
         self._client_framer = self._server_framer = None
         self._rx_mark = -1
         self._arm(self.proxy.config.idle_timeout, self._idle_check)
         self.log.debug("session ready")
+        if early:
+            self.relay.feed(early)
 
     # ------------------------------------------------------------------ upstream events
 
