@@ -1,0 +1,43 @@
+"""Name-cloaking SQL rewriter: semantic names in, physical names out (a pure library).
+
+``Rewriter().plan(sql, catalog, search_path)`` returns one `Plan` per statement or
+raises `CloakError` (never half-rewrites); it never touches sockets. Edits are
+made on the client's text at token positions (no deparsing); comments become a
+space. See docs/cloaking-design.md §9 for the design.
+
+Rewritten (when they touch a cloaked object; otherwise sent unchanged minus comments):
+
+* SELECT with joins (ON, USING, NATURAL, LATERAL), subqueries (correlated too),
+  CTEs (recursive, data-modifying), set operations, windows, GROUP BY/ROLLUP,
+  DISTINCT ON, FOR UPDATE OF, VALUES; functions in FROM (plain calls only);
+* INSERT (column list, VALUES/SELECT, ON CONFLICT cols / ON CONSTRAINT, RETURNING),
+  UPDATE (SET incl. (a, b) = ..., FROM, RETURNING), DELETE (USING, RETURNING), EXPLAIN;
+* CREATE TABLE (columns, defaults, NOT NULL, CHECK, UNIQUE, PRIMARY KEY, REFERENCES,
+  serial/identity; every constraint gets an explicit physical name), DROP TABLE,
+  ALTER TABLE (ADD/DROP COLUMN, ADD/DROP CONSTRAINT, ALTER COLUMN TYPE/DEFAULT/
+  NOT NULL), CREATE INDEX, TRUNCATE; RENAME table/column/constraint is registry-only
+  (``plan.sql is None``).
+
+Refused on cloaked objects (0A000): other statement types (views, COPY, COMMENT,
+GRANT, functions/DO bodies naming cloaked tables, ...), temporary/partitioned/
+inherited tables, EXCLUDE constraints, XML/JSON constructs, ROWS FROM, aliased
+joins, USING/NATURAL over columns with different physical names, unqualified
+columns that could belong to a relation pgcloak does not know, ``*`` over such a
+relation, and cloaked names inside string literals (``'customers'::regclass``).
+"""
+
+from pgcloak.rewriter.catalog import Catalog, CatalogChange, MemoryCatalog
+from pgcloak.rewriter.plan import CloakError, Plan, PositionMap, combine
+from pgcloak.rewriter.rewriter import Rewriter, plan_query
+
+__all__ = [
+    "Catalog",
+    "CatalogChange",
+    "CloakError",
+    "MemoryCatalog",
+    "Plan",
+    "PositionMap",
+    "Rewriter",
+    "combine",
+    "plan_query",
+]

@@ -1,0 +1,503 @@
+"""Core of the name resolver: bookkeeping, expressions and column references.
+
+`Analyzer` walks pglast's JSON parse tree of one statement with PostgreSQL's
+scoping rules and records token edits: cloaked table and column names become
+physical names, every alias, CTE name and window name the client wrote becomes an
+opaque `aN`. It refuses (CloakError) instead of guessing: a construct it does not
+model is only tolerated while the statement has touched no cloaked object, and
+errors found before the first cloaked object are deferred until one shows up.
+Scopes (FROM, SELECT lists) are built by query.py, DML by dml.py, DDL by ddl*.py.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from pgcloak.registry.names import new_physical_name
+from pgcloak.rewriter.catalog import (
+    Catalog,
+    CatalogChange,
+    Relation,
+    find_relation,
+    uncloaked_exists,
+)
+from pgcloak.rewriter.plan import CloakError
+from pgcloak.rewriter.scope import Col, Item, Node, Scope, node_kind
+from pgcloak.rewriter.tokens import EditSet, TokenStream, fold_identifier
+
+__all__ = ["Analyzer"]
+
+_DOT, _COMMA, _LPAR, _RPAR, _STAR = "ASCII_46", "ASCII_44", "ASCII_40", "ASCII_41", "ASCII_42"
+# Functions whose text arguments name relations (regclass-style references).
+_RELNAME_FUNCS = frozenset(
+    {"nextval", "currval", "setval", "to_regclass", "pg_get_serial_sequence",
+     "pg_relation_size", "pg_total_relation_size", "pg_table_size", "pg_indexes_size",
+     "pg_relation_filepath", "pg_relation_filenode", "has_table_privilege",
+     "has_column_privilege", "has_sequence_privilege", "has_any_column_privilege"}
+)  # fmt: skip
+_QUALNAME_PART = re.compile(r'\s*(?:"((?:[^"]|"")*)"|([^".\s]+))\s*')
+# Expression nodes that hold no names, and those whose children are all expressions.
+_LEAVES = frozenset({"A_Const", "ParamRef", "SQLValueFunction", "SetToDefault", "CurrentOfExpr"})
+_CHILDREN = {
+    "A_Expr": ("lexpr", "rexpr"),
+    "BoolExpr": ("args",),
+    "CoalesceExpr": ("args",),
+    "MinMaxExpr": ("args",),
+    "RowExpr": ("args",),
+    "GroupingFunc": ("args",),
+    "NullTest": ("arg",),
+    "BooleanTest": ("arg",),
+    "CollateClause": ("arg",),
+    "CaseExpr": ("arg", "args", "defresult"),
+    "CaseWhen": ("expr", "result"),
+    "A_ArrayExpr": ("elements",),
+    "A_Indices": ("lidx", "uidx"),
+    "MultiAssignRef": ("source",),
+    "SortBy": ("node",),
+}
+
+
+def _sval(node: Node) -> str:
+    return str(node["String"]["sval"])
+
+
+def iter_locations(node: Any) -> Iterator[int]:
+    """All non-negative `location` values in a JSON subtree (absent means 0)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "location" and isinstance(value, int) and value >= 0:
+                yield value
+            elif isinstance(value, dict | list):
+                yield from iter_locations(value)
+        if "location" not in node and ("relname" in node or "fields" in node):
+            yield 0
+    elif isinstance(node, list):
+        for value in node:
+            yield from iter_locations(value)
+
+
+def iter_relnames(node: Any) -> Iterator[Node]:
+    """Every RangeVar body in a JSON subtree."""
+    if isinstance(node, dict):
+        if "relname" in node:
+            yield node
+        for value in node.values():
+            if isinstance(value, dict | list):
+                yield from iter_relnames(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from iter_relnames(value)
+
+
+class Analyzer:
+    """Resolves one statement (token range [lo, hi)) and collects its edits."""
+
+    def __init__(
+        self, ts: TokenStream, catalog: Catalog, search_path: Sequence[str], lo: int, hi: int
+    ) -> None:
+        self.ts = ts
+        self.catalog = catalog
+        self.search_path = tuple(search_path)
+        self.lo, self.hi = lo, hi
+        self.edits = EditSet()
+        self.kept: set[int] = set()  # names that are not references (functions, types...)
+        self.unresolved: set[int] = set()  # references left to relations pgcloak does not know
+        self.visited: set[int] = set()  # locations of the names the resolver handled
+        self.sensitive: set[str] = set()
+        self.touched = False
+        self.deferred: CloakError | None = None
+        self.changes: list[CatalogChange] = []
+        self.registry_only: str | None = None  # command tag when no SQL is to be sent
+        self.colrefs: dict[int, Col] = {}
+        self.outputs: dict[int, list[Col] | None] = {}
+        self.collect: list[Col] | None = None  # columns referenced (for CHECK names)
+        self.claimed: set[int] = set()
+        self._aliases = 0
+
+    # -- bookkeeping ----------------------------------------------------------------
+
+    def fail(self, err: CloakError, tok: int | None = None) -> None:
+        """Report an error that matters only for statements touching cloaked objects."""
+        if tok is not None:
+            err.at(self.ts.pos(tok))
+        if self.touched:
+            raise err
+        if self.deferred is None:
+            self.deferred = err
+
+    def unsupported(self, construct: str, node: Any = None, tok: int | None = None) -> None:
+        if node is not None and self.mentions_cloaked(node):
+            self.touched = True
+        self.fail(
+            CloakError("0A000", f"pgcloak does not support {construct} on cloaked objects"), tok
+        )
+
+    def touch(self, rel: Relation) -> None:
+        self.touched = True
+        self.sensitive.add(rel.name)
+        self.sensitive.update(c.name for c in rel.columns)
+        if self.deferred is not None:
+            raise self.deferred
+
+    def mentions_cloaked(self, node: Any) -> bool:
+        for rv in iter_relnames(node):
+            rel = self.find(rv.get("schemaname"), rv["relname"])
+            if rel is not None:
+                return True
+        return False
+
+    def find(self, schema: str | None, name: str) -> Relation | None:
+        return find_relation(self.catalog, schema, name, self.search_path)
+
+    def uncloaked(self, schema: str | None, name: str, tok: int, missing_ok: bool = False) -> None:
+        """Token `tok` names a relation that is not cloaked: keep it, unless it can't exist.
+
+        When the catalog knows it does not exist, refuse like the server would
+        (42P01), or with IF EXISTS send a dummy name so the client's word stays here.
+        """
+        if uncloaked_exists(self.catalog, schema, name, self.search_path) is False:
+            self.touched = True  # the name is not ours to send, even if it names nothing
+            if missing_ok:
+                self.edits.set(tok, new_physical_name("t"))
+                return
+            qualified = f"{schema}.{name}" if schema else name
+            raise CloakError("42P01", f'relation "{qualified}" does not exist', self.ts.pos(tok))
+        self.kept.add(tok)
+
+    def new_alias(self, name: str, tok: int) -> str:
+        """Replace the client's alias token `tok` (naming `name`) with a fresh opaque alias."""
+        self._aliases += 1
+        alias = f"a{self._aliases}"
+        self.sensitive.add(name)
+        self.edits.set(tok, alias)
+        return alias
+
+    def rename(self, tok: int, new: str) -> None:
+        if self.ts.value(tok) == new:
+            self.kept.add(tok)
+        else:
+            self.edits.set(tok, new)
+
+    def name_tokens(self, location: int, parts: Sequence[str]) -> list[int]:
+        """Token indices of a dotted name starting at `location`, checked against `parts`."""
+        self.visited.add(location)
+        first = self.ts.at(location)
+        toks = []
+        for k, part in enumerate(parts):
+            tok = first + 2 * k
+            if k and self.ts.name(tok - 1) != _DOT:
+                raise CloakError("0A000", "pgcloak could not locate a name in the statement")
+            toks.append(self.ts.expect(tok, part))
+        return toks
+
+    def ident_list(self, open_tok: int, names: Sequence[str]) -> list[int]:
+        """Tokens of `( name, name, ... )` starting at the parenthesis `open_tok`."""
+        ts = self.ts
+        if ts.name(open_tok) != _LPAR:
+            raise CloakError("0A000", "pgcloak could not locate a name in the statement")
+        toks = []
+        for k, name in enumerate(names):
+            tok = open_tok + 1 + 2 * k
+            toks.append(ts.expect(tok, name))
+            if ts.name(tok + 1) != (_COMMA if k < len(names) - 1 else _RPAR):
+                raise CloakError("0A000", "pgcloak could not locate a name in the statement")
+        return toks
+
+    def loc_range(self, node: Any) -> tuple[int, int] | None:
+        locs = [self.ts.char(loc) for loc in iter_locations(node)]
+        return (min(locs), max(locs)) if locs else None
+
+    # -- strings naming relations ---------------------------------------------------
+
+    def check_relname_string(self, value: str, tok: int | None) -> None:
+        """Refuse a string literal that names a cloaked relation ('customers'::regclass)."""
+        parts: list[str] = []
+        pos = 0
+        while pos <= len(value):
+            m = _QUALNAME_PART.match(value, pos)
+            if m is None:
+                return
+            parts.append(m.group(1).replace('""', '"') if m.group(1) is not None
+                         else fold_identifier(m.group(2)))  # fmt: skip
+            pos = m.end()
+            if pos >= len(value):
+                break
+            if value[pos] != ".":
+                return
+            pos += 1
+        schemas: Iterable[str] = self.search_path if len(parts) == 1 else parts[-2:-1]
+        for schema in schemas:
+            if self.catalog.relation_physical(schema, parts[-1]) is not None:
+                self.touched = True
+                raise CloakError(
+                    "0A000",
+                    "pgcloak does not support naming cloaked objects in string literals "
+                    "(regclass and similar)",
+                    self.ts.pos(tok) if tok is not None else None,
+                )
+
+    def string_const(self, node: Node) -> tuple[str, int] | None:
+        kind, body = node_kind(node)
+        if kind == "TypeCast":
+            return self.string_const(body["arg"])
+        if kind == "A_Const" and "sval" in body:
+            return str(body["sval"].get("sval", "")), body.get("location", 0)
+        return None
+
+    # -- expressions ----------------------------------------------------------------
+
+    def expr(self, node: Any, scope: Scope) -> None:
+        if node is None:
+            return
+        if isinstance(node, list):
+            for child in node:
+                self.expr(child, scope)
+            return
+        if not node:
+            return
+        kind, body = node_kind(node)
+        if kind in _LEAVES:
+            return
+        fields = _CHILDREN.get(kind)
+        if fields is not None:
+            for f in fields:
+                self.expr(body.get(f), scope)
+            return
+        handler = getattr(self, f"_x_{kind}", None)
+        if handler is None:
+            self.unsupported(kind, node)
+            return
+        handler(body, scope)
+
+    def _x_List(self, body: Node, scope: Scope) -> None:
+        self.expr(body.get("items"), scope)
+
+    def _x_ColumnRef(self, body: Node, scope: Scope) -> None:
+        self.colref(body, scope)
+
+    def _x_NamedArgExpr(self, body: Node, scope: Scope) -> None:
+        self.kept.add(self.ts.at(body.get("location", 0)))
+        self.expr(body.get("arg"), scope)
+
+    def _x_TypeCast(self, body: Node, scope: Scope) -> None:
+        self.expr(body.get("arg"), scope)
+        self.keep_type(body["typeName"])
+        names = body["typeName"].get("names", ())
+        if names and _sval(names[-1]) == "regclass":
+            found = self.string_const(body["arg"])
+            if found is not None:
+                self.check_relname_string(found[0], self.ts.by_start.get(self.ts.char(found[1])))
+
+    def keep_type(self, type_name: Node) -> None:
+        tok = self.ts.by_start.get(self.ts.char(type_name.get("location", 0)))
+        if tok is not None:
+            self.kept.update((tok, tok + 2))
+
+    def _x_TypeName(self, body: Node, scope: Scope) -> None:
+        self.keep_type(body)
+
+    def _x_A_Indirection(self, body: Node, scope: Scope) -> None:
+        self.expr(body.get("arg"), scope)
+        for ind in body.get("indirection", ()):
+            if "A_Star" in ind:
+                self.unsupported("(...).* expansion", body)
+            elif "A_Indices" in ind:
+                self.expr(ind, scope)
+
+    def _x_SubLink(self, body: Node, scope: Scope) -> None:
+        self.expr(body.get("testexpr"), scope)
+        self.statement(body["subselect"], scope)
+
+    def _x_FuncCall(self, body: Node, scope: Scope) -> None:
+        names = [_sval(n) for n in body["funcname"]]
+        tok = self.ts.by_start.get(self.ts.char(body.get("location", 0)))
+        if tok is not None:
+            self.kept.update(tok + 2 * k for k in range(len(names)))
+        args = body.get("args", ())
+        if names[-1] in _RELNAME_FUNCS:
+            for arg in args:
+                found = self.string_const(arg)
+                if found is not None:
+                    self.check_relname_string(
+                        found[0], self.ts.by_start.get(self.ts.char(found[1]))
+                    )
+        self.expr(args, scope)
+        self.expr(body.get("agg_order"), scope)
+        self.expr(body.get("agg_filter"), scope)
+        over = body.get("over")
+        if over is not None:
+            self.window_def(over, scope, defining=False)
+
+    # -- windows --------------------------------------------------------------------
+
+    def window_def(self, wd: Node, scope: Scope, defining: bool) -> None:
+        ts = self.ts
+        loc = ts.at(wd.get("location", 0))
+        name, refname = wd.get("name"), wd.get("refname")
+        if name is not None and not defining:  # OVER w
+            self.window_ref(ts.expect(loc, name), name, scope)
+            return
+        if refname is not None:  # ( w ORDER BY ... )
+            self.window_ref(ts.expect(loc + 1, refname), refname, scope)
+        self.expr(wd.get("partitionClause"), scope)
+        self.expr(wd.get("orderClause"), scope)
+        self.expr(wd.get("startOffset"), scope)
+        self.expr(wd.get("endOffset"), scope)
+
+    def window_ref(self, tok: int, name: str, scope: Scope) -> None:
+        alias = scope.window(name)
+        if alias is None:
+            self.fail(CloakError("42704", f'window "{name}" does not exist'), tok)
+            return
+        self.edits.set(tok, alias)
+
+    # -- column references ----------------------------------------------------------
+
+    def colref(self, body: Node, scope: Scope) -> None:
+        ts = self.ts
+        fields = body["fields"]
+        star = "A_Star" in fields[-1]
+        if star and len(fields) == 1 and body.get("location", 0) < 0:
+            return  # the * of TABLE name
+        names = [_sval(f) for f in (fields[:-1] if star else fields)]
+        toks = self.name_tokens(body.get("location", 0), names)
+        if star and (ts.name((toks[-1] + 2) if toks else ts.at(body.get("location", 0))) != _STAR):
+            raise CloakError("0A000", "pgcloak could not locate a name in the statement")
+        if not names:
+            return
+        if len(names) == 1 and not star:
+            self.colref_bare(body, names[0], toks[0], scope)
+            return
+        if len(names) > 3 or (len(names) == 3 and star):
+            self.unsupported("four-part names", body, toks[0])
+            return
+        qual = names[-1] if star else names[-2]
+        schema = None
+        if (len(names) == 3) or (star and len(names) == 2):
+            schema = names[0]
+        qual_tok = toks[-1] if star else toks[-2]
+        item = self.find_item(scope, qual, schema)
+        if item is None:
+            self.colref_unknown_qualifier(body, names, toks, scope)
+            return
+        if schema is not None:
+            self.kept.add(toks[0])
+        if item.qual is not None:
+            self.edits.set(qual_tok, item.qual)
+        else:
+            self.kept.add(qual_tok)
+        if item.cloaked and item.relation is not None:
+            self.touch(item.relation)
+        if star:
+            return
+        self.column_in_item(item, names[-1], toks[-1], body, f"{qual}.{names[-1]}")
+
+    def column_in_item(
+        self, item: Item, name: str, tok: int, body: Node | None, label: str
+    ) -> Col | None:
+        if item.cols is None:
+            self.unresolved.add(tok)
+            return None
+        matches = [c for c in item.cols if c.name == name]
+        if not matches:
+            if item.partial:
+                self.unresolved.add(tok)
+                return None
+            self.fail(CloakError("42703", f"column {label} does not exist"), tok)
+            return None
+        if len(matches) > 1:
+            self.fail(CloakError("42702", f'column reference "{label}" is ambiguous'), tok)
+        col = matches[0]
+        self.rename(tok, col.phys)
+        if body is not None:
+            self.colrefs[id(body)] = col
+        if self.collect is not None:
+            self.collect.append(col)
+        return col
+
+    def colref_unknown_qualifier(
+        self, body: Node, names: list[str], toks: list[int], scope: Scope
+    ) -> None:
+        """`a.b` where no FROM item is called `a`: composite field access or an error."""
+        unknown = any(it.cols is None or it.partial for lv in scope.levels() for it in lv.items)
+        known_col = any(
+            it.cols is not None and any(c.name == names[0] for c in it.cols)
+            for lv in scope.levels()
+            for it in lv.items
+            if it.cols_visible
+        )
+        if known_col:
+            self.unsupported("field selection from a composite column", body, toks[0])
+        elif unknown:
+            self.unresolved.update(toks)
+        else:
+            qual = names[-2] if len(names) >= 2 else names[0]
+            self.fail(CloakError("42P01", f'missing FROM-clause entry for table "{qual}"'), toks[0])
+
+    def colref_bare(self, body: Node, name: str, tok: int, scope: Scope) -> None:
+        unknown_seen = False
+        for level in scope.levels():
+            matches: list[tuple[Item, Col]] = []
+            unknown_here = False
+            for it in level.items:
+                if not it.cols_visible:
+                    continue
+                if it.cols is None or it.partial:
+                    unknown_here = True
+                for c in it.cols or ():
+                    if c.name == name:
+                        matches.append((it, c))
+            if matches:
+                if len(matches) > 1:
+                    self.fail(CloakError("42702", f'column reference "{name}" is ambiguous'), tok)
+                if unknown_here or unknown_seen:
+                    self.fail(
+                        CloakError(
+                            "0A000",
+                            f'pgcloak cannot tell which relation column "{name}" belongs to; '
+                            "qualify it with a table name",
+                        ),
+                        tok,
+                    )
+                item, col = matches[0]
+                if item.cloaked and item.relation is not None:
+                    self.touch(item.relation)
+                self.rename(tok, col.phys)
+                self.colrefs[id(body)] = col
+                if self.collect is not None:
+                    self.collect.append(col)
+                return
+            unknown_seen = unknown_seen or unknown_here
+        whole = self.find_item(scope, name, None)
+        if whole is not None:  # whole-row reference to a FROM item
+            if whole.qual is not None:
+                self.edits.set(tok, whole.qual)
+                self.colrefs[id(body)] = Col(name, whole.qual)
+            else:
+                self.kept.add(tok)
+            return
+        if unknown_seen:
+            self.unresolved.add(tok)
+            return
+        self.fail(CloakError("42703", f'column "{name}" does not exist'), tok)
+
+    def find_item(self, scope: Scope, refname: str, schema: str | None) -> Item | None:
+        for level in scope.levels():
+            found = [
+                it
+                for it in level.items
+                if it.rel_visible
+                and it.refname == refname
+                and (schema is None or it.schema == schema)
+            ]
+            if len(found) > 1:
+                self.fail(CloakError("42P09", f'table reference "{refname}" is ambiguous'))
+            if found:
+                return found[0]
+        return None
+
+    def statement(self, node: Node, parent: Scope | None) -> list[Col] | None:
+        """Analyze a (sub)statement; implemented by QueryAnalyzer."""
+        raise NotImplementedError

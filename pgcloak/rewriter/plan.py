@@ -1,0 +1,144 @@
+"""What the rewriter hands the proxy: per-statement plans, refusals and position maps.
+
+A `Plan` is immutable so one instance can be shared from the plan cache by every
+session. It carries the SQL to send (or None for registry-only statements such as
+RENAME), the semantic output column names by position (for RowDescription), the
+catalog changes a DDL implies (applied by the caller only once the server
+accepted the statement), and a map from positions in the rewritten text back to
+the client's text (for ErrorResponse 'P').
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from pgcloak.rewriter.catalog import CatalogChange
+
+__all__ = ["CloakError", "Plan", "PositionMap", "combine"]
+
+
+class CloakError(Exception):
+    """A statement pgcloak refuses; `sqlstate` and `message` go to the client as-is.
+
+    Messages follow PostgreSQL's wording and only ever contain names the client
+    itself wrote. `position` is 1-based in characters of the client's query text.
+    """
+
+    def __init__(self, sqlstate: str, message: str, position: int | None = None) -> None:
+        # str()/repr() show only the SQLSTATE: the message may quote client names.
+        super().__init__(sqlstate)
+        self.sqlstate = sqlstate
+        self.message = message
+        self.position = position
+
+    def at(self, position: int | None) -> CloakError:
+        """This error with `position` filled in when it has none yet."""
+        if self.position is None and position is not None:
+            self.position = position
+        return self
+
+
+@dataclass(frozen=True)
+class PositionMap:
+    """Piecewise map from the rewritten text to the original query text.
+
+    Breakpoint k says: rewritten offset `new[k]` corresponds to original offset
+    `orig[k]`; inside an unchanged run (`linear[k]`) offsets advance together,
+    inside an edit every rewritten offset maps to the start of the edited token.
+    Offsets are 0-based characters; `shift` accounts for stripped leading blanks.
+    """
+
+    orig: tuple[int, ...] = ()
+    new: tuple[int, ...] = ()
+    linear: tuple[bool, ...] = ()
+    shift: int = 0
+
+    @classmethod
+    def build(
+        cls, orig: Sequence[int], new: Sequence[int], linear: Sequence[bool], shift: int = 0
+    ) -> PositionMap:
+        return cls(tuple(orig), tuple(new), tuple(linear), shift)
+
+    @property
+    def breakpoints(self) -> list[tuple[int, int]]:
+        """(orig_offset, new_offset) pairs, offsets in the stripped rewritten text."""
+        return [(o, n - self.shift) for o, n in zip(self.orig, self.new, strict=True)]
+
+    def to_original(self, position: int) -> int:
+        """1-based character position in the rewritten text -> 1-based in the original."""
+        if not self.new:
+            return position
+        p = max(position - 1, 0) + self.shift
+        k = max(bisect.bisect_right(self.new, p) - 1, 0)
+        if self.linear[k]:
+            return self.orig[k] + (p - self.new[k]) + 1
+        return self.orig[k] + 1
+
+    def shifted(self, offset: int) -> PositionMap:
+        """The same map for a text that starts `offset` characters later (for `combine`)."""
+        return PositionMap(self.orig, tuple(n + offset for n in self.new), self.linear, self.shift)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How to run one client statement.
+
+    * `sql`: text to send upstream, or None when the statement is registry-only
+      (then `command_tag` is the CommandComplete tag to report).
+    * `output_names`: semantic column names by position for the statement's
+      RowDescription; None means "leave names as the server sends them".
+    * `changes`: catalog changes implied by a DDL, to apply after it succeeds.
+    * `cloaked`: the statement touched cloaked objects (and was rewritten).
+    """
+
+    statement: str
+    source: str = field(repr=False)  # the client's text: never in reprs (logs)
+    span: tuple[int, int]
+    sql: str | None
+    positions: PositionMap = field(default_factory=PositionMap)
+    output_names: tuple[str, ...] | None = field(default=None, repr=False)
+    changes: tuple[CatalogChange, ...] = ()
+    command_tag: str | None = None
+    cloaked: bool = False
+
+    @property
+    def registry_only(self) -> bool:
+        return self.sql is None
+
+    def original_position(self, position: int) -> int:
+        """Map an ErrorResponse position (1-based, in `sql`) to the client's query text."""
+        return self.positions.to_original(position)
+
+
+def combine(plans: Sequence[Plan], separator: str = ";\n") -> tuple[str, PositionMap]:
+    """Join the SQL of several plans into one query string, with a joint position map.
+
+    Plans without SQL (registry-only) are skipped; the caller runs their changes.
+    """
+    texts: list[str] = []
+    orig: list[int] = []
+    new: list[int] = []
+    linear: list[bool] = []
+    offset = 0
+    for plan in plans:
+        if plan.sql is None:
+            continue
+        if texts:
+            orig.append(plan.span[0])
+            new.append(offset)
+            linear.append(False)
+            texts.append(separator)
+            offset += len(separator)
+        pm = plan.positions
+        for o, n, lin in zip(pm.orig, pm.new, pm.linear, strict=True):
+            skip = pm.shift - n  # > 0: starts inside the stripped leading blanks
+            if skip > 0 and not lin:
+                continue
+            orig.append(o + max(skip, 0))
+            new.append(max(n, pm.shift) - pm.shift + offset)
+            linear.append(lin)
+        texts.append(plan.sql)
+        offset += len(plan.sql)
+    return "".join(texts), PositionMap.build(orig, new, linear)

@@ -1,0 +1,242 @@
+"""Entry point: SQL text + catalog state in, one Plan per statement out; plus the plan cache.
+
+Flow per statement: parse (pglast, the real PostgreSQL grammar), analyze names
+(analyze.py / dml.py / ddl*.py), then either return the text unchanged apart from
+comment stripping (the statement touched nothing cloaked) or apply the edits and
+run a last leak check: no identifier the edits did not account for may spell a
+cloaked or client-declared name. Anything doubtful raises CloakError; nothing is
+ever half-rewritten.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import re
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+from pglast import parser
+
+from pgcloak.rewriter import ddl, ddl_alter
+from pgcloak.rewriter.catalog import DEFAULT_SEARCH_PATH, Catalog
+from pgcloak.rewriter.overlay import OverlayCatalog
+from pgcloak.rewriter.plan import CloakError, Plan
+from pgcloak.rewriter.query import QueryAnalyzer
+from pgcloak.rewriter.scope import node_kind
+from pgcloak.rewriter.tokens import EditSet, TokenStream
+
+__all__ = ["Rewriter", "plan_query"]
+
+# Statements that cannot name a table or column: sent as they are (minus comments).
+_PASSTHROUGH = frozenset(
+    {"TransactionStmt", "VariableSetStmt", "VariableShowStmt", "DiscardStmt", "ListenStmt",
+     "UnlistenStmt", "NotifyStmt", "CheckPointStmt", "DeallocateStmt"}
+)  # fmt: skip
+_QUERIES = frozenset({"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt"})
+_WORD = re.compile(r"[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*")
+
+
+def _parse(sql: str) -> tuple[list[dict[str, Any]], list[int]]:
+    """Statements of `sql`, plus the byte locations of every ColumnRef and RangeVar.
+
+    The locations are collected while decoding (cheaper than walking the tree again);
+    they back the check that the resolver handled every name.
+    """
+    names: list[int] = []
+
+    def hook(node: dict[str, Any]) -> dict[str, Any]:
+        if "relname" in node or "fields" in node:
+            names.append(node.get("location", 0))
+        return node
+
+    try:
+        tree = json.loads(parser.parse_sql_json(sql), object_hook=hook)
+    except parser.ParseError as exc:
+        message = str(exc.args[0]) if exc.args else "syntax error"
+        pos = exc.args[1] + 1 if len(exc.args) > 1 and isinstance(exc.args[1], int) else None
+        raise CloakError("42601", message, pos) from None
+    stmts: list[dict[str, Any]] = tree.get("stmts", [])
+    return stmts, sorted(names)
+
+
+def plan_query(
+    sql: str, catalog: Catalog, search_path: Sequence[str] = DEFAULT_SEARCH_PATH
+) -> tuple[Plan, ...]:
+    """Plan every statement of a query string (no caching; see Rewriter)."""
+    stmts, names = _parse(sql)
+    ts = TokenStream(sql)
+    plans: list[Plan] = []
+    current = catalog
+    overlay: OverlayCatalog | None = None
+    for raw in stmts:
+        loc = raw.get("stmt_location", 0)
+        length = raw.get("stmt_len", 0)
+        stop = loc + length if length else len(sql.encode())
+        stmt_names = names[bisect.bisect_left(names, loc) : bisect.bisect_left(names, stop)]
+        start = ts.char(loc)
+        end = ts.char(loc + length) if length else len(sql)
+        lo = ts.index_at_or_after(start)
+        hi = ts.index_at_or_after(end)
+        try:
+            plan = _plan_statement(
+                ts, raw["stmt"], current, search_path, start=start, end=end, lo=lo, hi=hi,
+                names=stmt_names,
+            )  # fmt: skip
+        except (KeyError, IndexError, TypeError, ValueError, RecursionError):
+            # A parse tree shape the analyzer does not expect: refuse, never guess.
+            raise CloakError("0A000", "pgcloak could not analyze this statement") from None
+        plans.append(plan)
+        if plan.changes:  # later statements see this one's effect (see overlay.py)
+            if overlay is None:
+                overlay = OverlayCatalog(catalog)
+                current = overlay
+            overlay.apply_all(plan.changes)
+    return tuple(plans)
+
+
+def _plan_statement(
+    ts: TokenStream,
+    stmt: dict[str, Any],
+    catalog: Catalog,
+    search_path: Sequence[str],
+    *,
+    start: int,
+    end: int,
+    lo: int,
+    hi: int,
+    names: list[int],
+) -> Plan:
+    kind, body = node_kind(stmt)
+    a = QueryAnalyzer(ts, catalog, search_path, lo, hi)
+    out = None
+    returns_rows = False
+    if kind in _QUERIES:
+        out = a.statement(stmt, None)
+        returns_rows = kind == "SelectStmt" or bool(
+            (body.get("returningClause") or {}).get("exprs") or body.get("returningList")
+        )
+    elif kind == "ExplainStmt":
+        a.statement(body["query"], None)
+    elif kind == "CreateStmt":
+        ddl.create_table(a, body)
+    elif kind == "AlterTableStmt":
+        ddl_alter.alter_table(a, body)
+    elif kind == "RenameStmt":
+        ddl_alter.rename(a, body)
+    elif kind == "DropStmt":
+        ddl_alter.drop(a, body)
+    elif kind == "IndexStmt":
+        ddl_alter.create_index(a, body)
+    elif kind == "TruncateStmt":
+        ddl_alter.truncate(a, body)
+    elif kind not in _PASSTHROUGH:
+        _generic(a, stmt, kind)
+    source = ts.text[start:end]
+    if a.touched and a.deferred is not None:
+        raise a.deferred
+    if not a.touched:
+        text, pmap = EditSet().apply(ts, start, end)
+        return Plan(kind, source, (start, end), text, pmap)
+    if a.registry_only is None:
+        _leak_check(a)
+        _all_names_resolved(a, names)
+    output: tuple[str, ...] | None = None
+    if returns_rows:
+        if out is None:
+            raise CloakError(
+                "0A000",
+                "pgcloak cannot name the output columns of * over a relation it does not cloak "
+                "in a statement on cloaked objects; list the columns",
+            )
+        output = tuple(c.name for c in out)
+    text, pmap = a.edits.apply(ts, start, end)
+    if a.registry_only is not None:
+        return Plan(kind, source, (start, end), None, pmap, None, tuple(a.changes),
+                    a.registry_only, cloaked=True)  # fmt: skip
+    return Plan(kind, source, (start, end), text, pmap, output, tuple(a.changes), cloaked=True)
+
+
+def _generic(a: QueryAnalyzer, stmt: dict[str, Any], kind: str) -> None:
+    """A statement pgcloak does not rewrite: allowed only if it names no cloaked object."""
+    sens = a.catalog.sensitive_names()
+    hit = a.mentions_cloaked(stmt)
+    ts = a.ts
+    for i in range(a.lo, a.hi):
+        if hit:
+            break
+        tok = ts.toks[i]
+        if tok.name == "SCONST":
+            words = _WORD.findall(ts.raw(i))
+            hit = any(w in sens or w.lower() in sens for w in words)
+        else:
+            value = ts.value(i)
+            hit = value is not None and value in sens
+    if hit:
+        a.touched = True
+        raise CloakError("0A000", f"pgcloak does not support {kind} on cloaked objects")
+
+
+def _all_names_resolved(a: QueryAnalyzer, names: list[int]) -> None:
+    """Every column reference and relation in the statement went through the resolver."""
+    for loc in names:
+        if loc >= 0 and loc not in a.visited:
+            raise CloakError(
+                "0A000",
+                "pgcloak does not support a construct of this statement on cloaked objects",
+                a.ts.char(loc) + 1,
+            )
+
+
+def _leak_check(a: QueryAnalyzer) -> None:
+    ts = a.ts
+    relation_names = a.catalog.sensitive_names()
+    sens = a.sensitive | set(relation_names)
+    for i in range(a.lo, a.hi):
+        if ts.toks[i].name != "IDENT" or i in a.edits.replace:
+            continue
+        value = ts.value(i)
+        if i in a.kept and i not in a.unresolved and value not in relation_names:
+            continue
+        if value in sens:
+            raise CloakError(
+                "0A000",
+                f"pgcloak cannot rewrite every reference to cloaked names in this statement "
+                f'(near "{ts.raw(i)}")',
+                ts.pos(i),
+            )
+
+
+class Rewriter:
+    """Plans with an LRU cache keyed by (SQL text, catalog identity+version, search_path).
+
+    Plans that change the catalog (DDL with fresh physical names) and refusals
+    are not cached: DDL must get fresh names each time, and refusals are cheap.
+    """
+
+    def __init__(self, cache_size: int = 1024) -> None:
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple[object, ...], tuple[Plan, ...]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def plan(
+        self, sql: str, catalog: Catalog, search_path: Sequence[str] = DEFAULT_SEARCH_PATH
+    ) -> tuple[Plan, ...]:
+        key = (sql, id(catalog), catalog.version, tuple(search_path))
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            self.hits += 1
+            return cached
+        self.misses += 1
+        plans = plan_query(sql, catalog, search_path)
+        if all(not p.changes and p.sql is not None for p in plans):
+            self._cache[key] = plans
+            if len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return plans
+
+    def clear(self) -> None:
+        self._cache.clear()
