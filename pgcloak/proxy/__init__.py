@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-COMPILED = ("stats", "relay", "session")  # dependency order
+COMPILED = ("stats", "session", "relay")  # dependency order: each imports only earlier ones
 _HERE = Path(__file__).resolve().parent
 
 

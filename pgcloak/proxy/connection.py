@@ -490,6 +490,7 @@ class ClientConnection(asyncio.Protocol):
             "frontend",
             metrics=m,
             on_error=self._bad_client,
+            session=session,
         )
         # The limit guards against clients; the upstream is trusted and big rows stream.
         self.server.relay = Relay(
@@ -499,6 +500,7 @@ class ClientConnection(asyncio.Protocol):
             "backend",
             metrics=m,
             on_error=self.upstream_protocol_error,
+            session=session,
         )
         use_relay(self, self.transport, self.relay)
         use_relay(self.server, self.server.transport, self.server.relay)

@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Final
 
+from pgcloak.proxy.session import Session
 from pgcloak.proxy.stats import Metrics
 from pgcloak.proxy.wire import ProtocolError
 
@@ -41,12 +42,17 @@ class Relay:
         *,
         metrics: Metrics,
         on_error: ErrorCallback,
+        session: Session | None = None,
     ) -> None:
         self.out: asyncio.WriteTransport = out  # type: ignore[assignment]
         self.handlers = handlers
         # Flat tables indexed by the type byte: cheaper than a dict lookup per message.
         self.valid = bytes(1 if i in handlers else 0 for i in range(256))
         self.table: list[RelayHandler | None] = [handlers.get(i) for i in range(256)]
+        # With a session, messages go to its on_client/on_server (a native call when
+        # compiled); `handlers` then only says which types are valid and which need
+        # buffering rather than streaming.
+        self.session = session
         self.max_size = max_size
         self.sender = sender  # "frontend" or "backend", for error messages
         self.frontend = sender == "frontend"
@@ -98,6 +104,8 @@ class Relay:
         table = self.table
         valid = self.valid
         max_size = self.max_size
+        sess = self.session
+        frontend = self.frontend
         out: list[bytes] | None = None
         emitted = 0
         while n - pos >= 5:
@@ -118,7 +126,12 @@ class Relay:
                     count += 1
                 break
             if h is not None:
-                r = h(buf, pos, end)
+                if sess is None:
+                    r = h(buf, pos, end)
+                elif frontend:
+                    r = sess.on_client(typ, buf, pos, end)
+                else:
+                    r = sess.on_server(typ, buf, pos, end)
                 if r is not None:
                     if out is None:
                         out = []

@@ -114,6 +114,60 @@ class Session:
             ord("v"): None,
         }
 
+    # ------------------------------------------------------------------ dispatch
+    # The relay calls these two directly: compiled, that is a native call per
+    # message with no boxing, where the handler tables cost a Python-level call.
+
+    def on_client(self, typ: int, buf: bytes, start: int, end: int) -> bytes | None:
+        if typ == 80:  # P
+            self._c_parse(buf, start, end)
+        elif typ == 66:  # B
+            self._c_bind(buf, start, end)
+        elif typ == 69:  # E
+            self._c_execute(buf, start, end)
+        elif typ == 83:  # S
+            self._c_sync(buf, start, end)
+        elif typ == 68:  # D
+            self._c_describe(buf, start, end)
+        elif typ == 81:  # Q
+            self._c_query(buf, start, end)
+        elif typ == 67:  # C
+            self._c_close(buf, start, end)
+        elif typ == 70:  # F
+            self._c_function(buf, start, end)
+        elif typ in (99, 102):  # c f
+            self._c_copy_end(buf, start, end)
+        elif typ == 88:  # X
+            self._c_terminate(buf, start, end)
+        return None
+
+    def on_server(self, typ: int, buf: bytes, start: int, end: int) -> bytes | None:
+        if typ == 68:  # D: the common case, nothing to track
+            return None
+        if typ == 49:  # 1
+            self._s_parse_complete(buf, start, end)
+        elif typ == 50:  # 2
+            self._s_bind_complete(buf, start, end)
+        elif typ == 84:  # T
+            self._s_row_description(buf, start, end)
+        elif typ in (67, 73):  # C I
+            self._s_command_complete(buf, start, end)
+        elif typ == 90:  # Z
+            self._s_ready(buf, start, end)
+        elif typ == 110:  # n
+            self._s_no_data(buf, start, end)
+        elif typ == 51:  # 3
+            self._s_close_complete(buf, start, end)
+        elif typ == 115:  # s
+            self._s_portal_suspended(buf, start, end)
+        elif typ == 69:  # E
+            self._s_error(buf, start, end)
+        elif typ == 83:  # S
+            self._s_parameter_status(buf, start, end)
+        elif typ in (71, 72, 87):  # G H W
+            self._s_copy_start(buf, start, end)
+        return None
+
     # ------------------------------------------------------------------ helpers
 
     def _pop(self) -> Pending | None:
