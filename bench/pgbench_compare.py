@@ -465,6 +465,36 @@ class PgcloakTarget(Target):
 
 
 @register
+class FloorTarget(Target):
+    """A bare uvloop byte forwarder: what any Python relay pays before doing any work."""
+
+    name = "uvloop-floor"
+    description = "pgbench through bench/floor_forwarder.py (no parsing at all)"
+
+    def __init__(self, ctx: BenchContext) -> None:
+        super().__init__(ctx)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.logfile = ctx.workdir / "floor.log"
+
+    def start(self) -> Endpoint:
+        port = free_port()
+        up = self.ctx.upstream
+        script = str(REPO_ROOT / "bench" / "floor_forwarder.py")
+        cmd = [sys.executable, script, str(port), up.host, str(up.port)]
+        with self.logfile.open("wb") as out:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+        wait_for_port("127.0.0.1", port, self.proc, self.logfile)
+        return Endpoint("127.0.0.1", port, up.user, up.password, "disable")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            stop_process(self.proc, signal.SIGTERM)
+
+    def info(self) -> dict[str, Any]:
+        return {"description": self.description}
+
+
+@register
 class PgcloakWorkersTarget(PgcloakTarget):
     """pgcloak with two worker processes sharing the port (one per core here)."""
 
