@@ -25,6 +25,7 @@ from pgcloak.rewriter.catalog import (
     RenameTable,
 )
 from pgcloak.rewriter.ddl import TableBuilder, new_column
+from pgcloak.rewriter.dml import item_starts
 from pgcloak.rewriter.plan import CloakError
 from pgcloak.rewriter.scope import Col, Item, Node, Scope, figure_colname
 
@@ -322,7 +323,7 @@ def create_index(a: Analyzer, body: Node) -> None:
         a.kept.add(open_tok + 1)
         open_tok += 2
     elems = [e["IndexElem"] for e in body.get("indexParams", ())]
-    segments = _segments_in(a, open_tok)
+    segments = item_starts(a, open_tok)
     if len(segments) != len(elems):
         raise _locate_error()
     names: list[str] = []
@@ -354,22 +355,6 @@ def create_index(a: Analyzer, body: Node) -> None:
     involved += [c.phys for c in a.collect]
     a.collect = None
     _index_name(a, body, rel, names, tuple(dict.fromkeys(involved)))
-
-
-def _segments_in(a: Analyzer, open_tok: int) -> list[int]:
-    ts = a.ts
-    if ts.name(open_tok) != "ASCII_40" or ts.match[open_tok] < 0:
-        raise _locate_error()
-    starts = [open_tok + 1]
-    i = open_tok + 1
-    while i < ts.match[open_tok]:
-        if ts.match[i] > i:
-            i = ts.match[i] + 1
-            continue
-        if ts.name(i) == _COMMA:
-            starts.append(i + 1)
-        i += 1
-    return starts
 
 
 def _index_name(

@@ -314,7 +314,7 @@ def _on_conflict(a: Analyzer, occ: Node, target: Item, scope: Scope) -> None:
             _constraint_ref(a, target, name, tok)
         elems = [e["IndexElem"] for e in infer.get("indexElems", ())]
         if elems:
-            segments = _segments(a, loc)
+            segments = item_starts(a, loc)
             if len(segments) != len(elems):
                 raise CloakError("0A000", "pgcloak could not locate a name in the statement")
             for elem, seg in zip(elems, segments, strict=True):
@@ -347,7 +347,7 @@ def _constraint_ref(a: Analyzer, target: Item, name: str, tok: int) -> None:
     a.edits.set(tok, found.physical)
 
 
-def _segments(a: Analyzer, open_tok: int) -> list[int]:
+def item_starts(a: Analyzer, open_tok: int) -> list[int]:
     """First tokens of the comma-separated items inside the parenthesis at `open_tok`."""
     ts = a.ts
     if ts.name(open_tok) != _LPAR or ts.match[open_tok] < 0:
