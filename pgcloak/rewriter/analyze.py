@@ -12,6 +12,7 @@ Scopes (FROM, SELECT lists) are built by query.py, DML by dml.py, DDL by ddl*.py
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -91,7 +92,7 @@ def iter_relnames(node: Any) -> Iterator[Node]:
             yield from iter_relnames(value)
 
 
-class Analyzer:
+class Analyzer(ABC):
     """Resolves one statement (token range [lo, hi)) and collects its edits."""
 
     def __init__(
@@ -498,6 +499,6 @@ class Analyzer:
                 return found[0]
         return None
 
+    @abstractmethod
     def statement(self, node: Node, parent: Scope | None) -> list[Col] | None:
-        """Analyze a (sub)statement; implemented by QueryAnalyzer."""
-        raise NotImplementedError
+        """Analyze a (sub)statement; QueryAnalyzer implements it (it needs the DML rules)."""
