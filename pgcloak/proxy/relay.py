@@ -45,7 +45,6 @@ class Relay:
         session: Session | None = None,
     ) -> None:
         self.out: asyncio.WriteTransport = out  # type: ignore[assignment]
-        self.handlers = handlers
         # Flat tables indexed by the type byte: cheaper than a dict lookup per message.
         self.valid = bytes(1 if i in handlers else 0 for i in range(256))
         self.table: list[RelayHandler | None] = [handlers.get(i) for i in range(256)]

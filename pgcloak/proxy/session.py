@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Final
 
-from pgcloak.proxy.codec import ProtocolError, one_cstr, two_cstrs
+from pgcloak.proxy.wire import ProtocolError, one_cstr, two_cstrs
 from pgcloak.proxy.stats import Metrics
 
 # Kinds of in-flight requests; small ints keep the queue cheap.
