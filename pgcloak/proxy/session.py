@@ -15,8 +15,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Final
 
-from pgcloak.proxy.wire import ProtocolError, one_cstr, two_cstrs
 from pgcloak.proxy.stats import Metrics
+from pgcloak.proxy.wire import ProtocolError, one_cstr, two_cstrs
 
 # Kinds of in-flight requests; small ints keep the queue cheap.
 K_QUERY: Final = 0
