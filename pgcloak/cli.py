@@ -8,6 +8,7 @@ command functions so `--help` and `version` stay fast and never depend on them.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -349,6 +350,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from pgcloak.proxy.server import run
     from pgcloak.proxy.workers import supervise, worker_slot
 
+    if args.worker_slot is not None:
+        # A SIGHUP fanned out by the supervisor before this worker's loop has its
+        # handlers must not kill it (SIGHUP's default action is to terminate).
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if config.workers > 1 and args.worker_slot is None:
         return supervise(config, list(args.argv))
     return run(config, reload=reload, worker_slot=worker_slot(args.worker_slot))

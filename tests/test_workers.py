@@ -58,6 +58,7 @@ def _wait(cond: Callable[[], bool], timeout: float = 10.0) -> None:
 def workers(pg: PgServer, proxy_factory: Callable[..., ProxyProcess]) -> ProxyProcess:
     proc = proxy_factory(pg.upstream_url(), "--workers", "2", "--log-level", "INFO")
     _wait(lambda: len(_worker_pids(proc.pid)) == 2)
+    _wait(lambda: proc.log_text().count("pgcloak listening on") == 2)  # handlers installed
     return proc
 
 
@@ -71,8 +72,6 @@ def test_connections_spread_and_metrics_sum(workers: ProxyProcess) -> None:
     # Each worker publishes every half second; the supervisor sums them.
     _wait(lambda: _metric(workers, "pgcloak_client_connections_total") >= 12)
     assert _metric(workers, "pgcloak_queries_total") >= 24
-    log = workers.log_text()
-    assert log.count("pgcloak listening on") == 2
 
 
 def test_crashed_worker_is_replaced(workers: ProxyProcess) -> None:
