@@ -141,8 +141,38 @@ def make_url(
     return f"postgresql://{auth}{netloc}:{port}{path}" + (f"?{query}" if query else "")
 
 
+class Endpoint:
+    """Address helpers shared by the servers and proxies tests connect to."""
+
+    host: str
+    port: int
+
+    def dsn(self, dbname: str = "postgres", user: str = "postgres", **kw: Any) -> str:
+        return make_dsn(self.host, self.port, dbname, user, **kw)
+
+    def url(
+        self,
+        dbname: str = "postgres",
+        user: str = "postgres",
+        password: str | None = None,
+        **params: Any,
+    ) -> str:
+        return make_url(self.host, self.port, dbname, user, password, **params)
+
+    def connect(
+        self,
+        dbname: str = "postgres",
+        user: str = "postgres",
+        autocommit: bool = True,
+        **kw: Any,
+    ) -> psycopg.Connection[tuple[Any, ...]]:
+        """A psycopg connection here (autocommit by default); use as a context manager."""
+        kw.setdefault("connect_timeout", 10)
+        return psycopg.connect(self.dsn(dbname, user, **kw), autocommit=autocommit)
+
+
 @dataclass
-class PgServer:
+class PgServer(Endpoint):
     """A PostgreSQL server the tests talk to directly (bypassing the proxy).
 
     `embedded` is set when the suite started the server itself. `ca_path`
@@ -157,32 +187,9 @@ class PgServer:
     ca_path: Path | None = None
     passwords: dict[str, str] = field(default_factory=dict)
 
-    def dsn(self, dbname: str = "postgres", user: str = "postgres", **kw: Any) -> str:
-        return make_dsn(self.host, self.port, dbname, user, **kw)
-
-    def url(
-        self,
-        dbname: str = "postgres",
-        user: str = "postgres",
-        password: str | None = None,
-        **params: Any,
-    ) -> str:
-        return make_url(self.host, self.port, dbname, user, password, **params)
-
     def upstream_url(self, dbname: str | None = None, **params: Any) -> str:
         """URL for `pgcloak serve --upstream` (no user: clients authenticate as themselves)."""
         return make_url(self.host, self.port, dbname, None, None, **params)
-
-    def connect(
-        self,
-        dbname: str = "postgres",
-        user: str = "postgres",
-        autocommit: bool = True,
-        **kw: Any,
-    ) -> psycopg.Connection[tuple[Any, ...]]:
-        """Direct psycopg connection (autocommit by default); use as a context manager."""
-        kw.setdefault("connect_timeout", 10)
-        return psycopg.connect(self.dsn(dbname, user, **kw), autocommit=autocommit)
 
     def execute(
         self,
@@ -248,7 +255,7 @@ def embedded_server(pg: EmbeddedPostgres) -> PgServer:
 # -- proxy subprocesses ---------------------------------------------------------
 
 
-class ProxyProcess:
+class ProxyProcess(Endpoint):
     """A `python -m pgcloak serve` subprocess listening on 127.0.0.1:`port`."""
 
     def __init__(
@@ -276,28 +283,6 @@ class ProxyProcess:
     @property
     def returncode(self) -> int | None:
         return self.popen.poll()
-
-    def dsn(self, dbname: str = "postgres", user: str = "postgres", **kw: Any) -> str:
-        return make_dsn(self.host, self.port, dbname, user, **kw)
-
-    def url(
-        self,
-        dbname: str = "postgres",
-        user: str = "postgres",
-        password: str | None = None,
-        **params: Any,
-    ) -> str:
-        return make_url(self.host, self.port, dbname, user, password, **params)
-
-    def connect(
-        self,
-        dbname: str = "postgres",
-        user: str = "postgres",
-        autocommit: bool = True,
-        **kw: Any,
-    ) -> psycopg.Connection[tuple[Any, ...]]:
-        kw.setdefault("connect_timeout", 10)
-        return psycopg.connect(self.dsn(dbname, user, **kw), autocommit=autocommit)
 
     def admin_url(self, path: str = "/metrics") -> str:
         if self.admin_port is None:
