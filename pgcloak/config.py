@@ -40,4 +40,6 @@ class Config:
     log_format: str = "text"  # text | json
     mode: str = "prod"  # prod never logs semantic names or values; dev may
     workers: int = 1  # processes sharing the listen port (SO_REUSEPORT)
+    cloak: str = "auto"  # on | off | auto (on when a master key is configured)
+    master_key_file: str | None = None  # else $PGCLOAK_MASTER_KEY / $PGCLOAK_MASTER_KEY_FILE
     config_file: str | None = None

@@ -36,10 +36,11 @@ SSLMODES = ("disable", "prefer", "require", "verify-ca", "verify-full")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 MODES = ("dev", "prod")
+CLOAK_MODES = ("auto", "on", "off")
 MIN_MESSAGE_SIZE = 1 << 10
 MAX_MESSAGE_SIZE = 1 << 30
 # Tables reserved for later features (column encryption, name cloaking); accepted unvalidated.
-RESERVED_TABLES = ("encrypt", "cloak")
+RESERVED_TABLES = ("encrypt",)
 _DISABLED = ("", "off", "none", "false", "disabled")
 _URL_PARAMS = ("host", "port", "dbname", "sslmode", "sslrootcert", "sslcert", "sslkey")
 _URL_SHAPE = "postgresql://[user@]host[:port][/dbname][?sslmode=...]"
@@ -157,6 +158,19 @@ OPTIONS: tuple[Option, ...] = (
         "N",
         "proxy processes sharing the listen port (SO_REUSEPORT); 'auto' = one per CPU",
         str(_D.workers),
+    ),
+    Option(
+        "cloak",
+        "MODE",
+        "name cloaking: on (needs a master key), off, or auto (on when a master key is configured)",
+        _D.cloak,
+    ),
+    Option(
+        "master_key_file",
+        "PATH",
+        "file holding the base64 master key (mode 0600); else $PGCLOAK_MASTER_KEY or "
+        "$PGCLOAK_MASTER_KEY_FILE",
+        "none",
     ),
 )
 
@@ -464,8 +478,17 @@ _PARSERS: dict[str, Callable[[object], object]] = {
     "log_format": _choice(LOG_FORMATS),
     "mode": _choice(MODES),
     "workers": _workers,
+    "cloak": _choice(CLOAK_MODES),
+    "master_key_file": _optional_str,
 }
-_PATH_KEYS = ("tls_cert", "tls_key", "upstream_sslrootcert", "upstream_sslcert", "upstream_sslkey")
+_PATH_KEYS = (
+    "tls_cert",
+    "tls_key",
+    "upstream_sslrootcert",
+    "upstream_sslcert",
+    "upstream_sslkey",
+    "master_key_file",
+)
 assert set(_PARSERS) == _KEYS - {"upstream"}
 
 
@@ -653,5 +676,7 @@ def _build(values: dict[str, object], url: _Url | None, config_file: str | None)
         log_format=cast(str, values.get("log_format", d.log_format)),
         mode=cast(str, values.get("mode", d.mode)),
         workers=cast(int, values.get("workers", d.workers)),
+        cloak=cast(str, values.get("cloak", d.cloak)),
+        master_key_file=cast(str | None, values.get("master_key_file", d.master_key_file)),
         config_file=config_file,
     )

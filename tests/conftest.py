@@ -220,3 +220,51 @@ def dump_launcher_logs(request: pytest.FixtureRequest, launcher: ProxyLauncher) 
     if _failed(request):
         for proc in launcher.procs:
             print(f"--- {proc!r} exit={proc.returncode} log ---\n{proc.log_text()[-20000:]}")
+
+
+# -- cloaking -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def master_key() -> str:
+    """A fresh base64 master key for the whole test session."""
+    from pgcloak.crypto.keys import new_master_key
+
+    return new_master_key()
+
+
+@pytest.fixture(scope="session")
+def cloak_proxy(
+    pg: PgServer, master_key: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ProxyProcess]:
+    """One cloaking proxy in front of `pg` for the session (databases need `cloaked_db`)."""
+    launcher = ProxyLauncher(tmp_path_factory.mktemp("cloak-proxy"))
+    proc = launcher.start(pg.upstream_url(), env={"PGCLOAK_MASTER_KEY": master_key})
+    yield proc
+    launcher.close()
+    if proc.returncode not in (None, 0):
+        sys.stderr.write(proc.log_text()[-20000:])
+
+
+@pytest.fixture
+def cloaked_db_factory(
+    pg: PgServer, db_factory: Callable[..., str], master_key: str
+) -> Callable[..., str]:
+    """`make(server=pg) -> dbname`: a fresh database with the pgcloak registry installed."""
+    from pgcloak.crypto.keys import MasterKey
+    from pgcloak.registry.install import install
+
+    def make(server: PgServer | None = None) -> str:
+        server = server or pg
+        name = db_factory(server)
+        with psycopg.connect(server.dsn(name), autocommit=True) as conn:
+            install(conn, MasterKey.from_base64(master_key))
+        return name
+
+    return make
+
+
+@pytest.fixture
+def cloaked_db(cloaked_db_factory: Callable[..., str]) -> str:
+    """A fresh database with the registry installed, for use through `cloak_proxy`."""
+    return cloaked_db_factory()

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pgcloak.config import Upstream
 from pgcloak.logs import conn_logger
+from pgcloak.proxy.cloak import CloakSession
 from pgcloak.proxy.codec import (
     MAX_STARTUP_PACKET,
     PROTOCOL_3_0,
@@ -111,8 +112,10 @@ class ClientConnection(asyncio.Protocol):
         self.state = State.STARTUP
         self.transport: asyncio.Transport | None = None
         self.server: ServerConnection | None = None
-        self.session: Session | None = None
+        self.session: Session | CloakSession | None = None
         self.relay: Relay | None = None
+        self.cloak: CloakSession | None = None
+        self.database = ""
         self.peer: Any = None
         self.tls = False
         self.gss_done = False
@@ -230,7 +233,10 @@ class ClientConnection(asyncio.Protocol):
         self._timer = None
         if self.state is not State.READY or self.session is None:
             return
-        mark = self.relay.reads if self.relay is not None else 0
+        if self.cloak is not None:
+            mark = self.cloak.reads
+        else:
+            mark = self.relay.reads if self.relay is not None else 0
         if mark == self._rx_mark and self.session.idle:
             self.fatal("57P05", "terminating connection due to idle-session timeout")
             return
@@ -358,6 +364,7 @@ class ClientConnection(asyncio.Protocol):
         up = self.proxy.config.upstream
         if "database" not in params and up.dbname:
             params["database"] = up.dbname
+        self.database = params.get("database") or params["user"]
         startup = StartupMessage(PROTOCOL_3_0, params).encode()
         # Reading stays on while connecting, so a client that gives up is noticed
         # at once and its upstream connect is cancelled by the teardown.
@@ -443,7 +450,7 @@ class ClientConnection(asyncio.Protocol):
                 self._write(out)
             if self.transport is None or self.transport.is_closing():
                 return
-            if self.relay is not None:  # that message was the first ReadyForQuery
+            if self.session is not None:  # that message was the first ReadyForQuery
                 rest = b"".join(frame(t, b) for t, b in messages[i + 1 :])
                 rest += framer.take_pending()
                 if rest and self.server is not None and self.server.relay is not None:
@@ -471,6 +478,9 @@ class ClientConnection(asyncio.Protocol):
             self._server_failed = True
         elif typ == b"Z":
             msg = frame(typ, body)
+            if self.proxy.cloak is not None:
+                self._become_cloaked(msg)
+                return None
             self._become_ready(body)
             return msg
         return frame(typ, body)
@@ -515,6 +525,50 @@ class ClientConnection(asyncio.Protocol):
         self.log.debug("session ready")
         if early:
             self.relay.feed(early)
+
+    def _become_cloaked(self, ready: bytes) -> None:
+        """Switch to the cloaking path; the client sees ReadyForQuery once the registry is in."""
+        assert self.server is not None and self.server.transport is not None
+        assert self.transport is not None and self.proxy.cloak is not None
+        cloak = CloakSession(
+            self.proxy.cloak,
+            self.database,
+            self.server.transport.write,
+            self.metrics,
+            max_size=self.proxy.config.max_message_size,
+            on_fatal=self.fatal,
+        )
+        self.cloak = self.session = cloak
+        self.server.relay = Relay(
+            self.transport,
+            cloak.server_handlers,
+            MAX_BACKEND_MESSAGE,
+            "backend",
+            metrics=self.metrics,
+            on_error=self.upstream_protocol_error,
+        )
+        cloak.rows_table = self.server.relay.table
+        use_relay(self.server, self.server.transport, self.server.relay)
+        self.data_received = self._cloak_client_data  # type: ignore[method-assign]
+        self.transport.set_protocol(self)
+        self.state = State.READY
+        early = b"".join(self._early)
+        if self._client_framer is not None:
+            early += self._client_framer.take_pending()
+        self._early.clear()
+        self._client_framer = self._server_framer = None
+        self._rx_mark = -1
+        self._arm(self.proxy.config.idle_timeout, self._idle_check)
+        cloak.start(ready)
+        if early:
+            self._cloak_client_data(early)
+
+    def _cloak_client_data(self, data: bytes) -> None:
+        assert self.cloak is not None
+        try:
+            self.cloak.feed_client(data)
+        except ProtocolError as exc:
+            self.fatal(exc.sqlstate, str(exc))
 
     # ------------------------------------------------------------------ upstream events
 

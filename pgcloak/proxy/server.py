@@ -12,8 +12,10 @@ import logging
 import signal
 import ssl
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from pgcloak.config import Config
+from pgcloak.crypto.keys import MasterKeyError
 from pgcloak.logs import setup_logging
 from pgcloak.proxy.admin import start_admin, stop_admin
 from pgcloak.proxy.connection import ClientConnection, State
@@ -23,6 +25,9 @@ from pgcloak.proxy.upstream import upstream_reachable
 from pgcloak.proxy.workers import PUBLISH_INTERVAL, StatsSlot
 
 __all__ = ["ClientConnection", "Proxy", "run", "upstream_reachable"]
+
+if TYPE_CHECKING:
+    from pgcloak.proxy.cloak import CloakContext
 
 log = logging.getLogger("pgcloak.proxy")
 
@@ -38,6 +43,7 @@ class Proxy:
         self.cancel_keys: dict[tuple[int, int], ClientConnection] = {}
         self.client_ssl = client_context(config)
         self.upstream_ssl = upstream_context(config.upstream)
+        self.cloak = cloak_context(config)
         self.draining = False
         self.port = 0
         self.admin_port = 0
@@ -122,6 +128,26 @@ class Proxy:
         log.info("configuration reloaded")
 
 
+def cloak_context(config: Config) -> CloakContext | None:
+    """The process's cloaking state, or None when cloaking is off.
+
+    Raises MasterKeyError when cloaking is on but no master key is configured:
+    pgcloak never starts half-configured.
+    """
+    if config.cloak == "off":
+        return None
+    from pgcloak.crypto.keys import MasterKey
+    from pgcloak.proxy.cloak import CloakContext
+
+    try:
+        master = MasterKey.load(config.master_key_file)
+    except MasterKeyError:
+        if config.cloak == "on":
+            raise
+        return None
+    return CloakContext(master)
+
+
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     try:
         import uvloop
@@ -150,7 +176,11 @@ async def _publish(proxy: Proxy, slot: StatsSlot) -> None:
 async def _serve(
     config: Config, reload: Callable[[], Config] | None, slot: StatsSlot | None
 ) -> int:
-    proxy = Proxy(config, reuse_port=slot is not None)
+    try:
+        proxy = Proxy(config, reuse_port=slot is not None)
+    except MasterKeyError as exc:
+        log.error("%s", exc)
+        return 2
     try:
         await proxy.start()
     except OSError as exc:

@@ -393,6 +393,11 @@ class Analyzer(ABC):
             self.touch(item.relation)
         if star:
             return
+        if item.cols is None and not item.cloaked:
+            # Qualified by a relation pgcloak does not cloak: the name is that relation's
+            # own column, already visible in the database, so it goes out as written.
+            self.kept.add(toks[-1])
+            return
         self.column_in_item(item, names[-1], toks[-1], body, f"{qual}.{names[-1]}")
 
     def column_in_item(

@@ -1,0 +1,822 @@
+"""A cloaked session: rewrite what the client sends, map back what the server answers.
+
+Every client statement goes through the rewriter; what reaches the server holds
+only physical names. Each request sent upstream gets a `Unit` in a FIFO that
+says what its responses mean (a client statement to rename, a registry write to
+hide, a refusal to replace, an internal query to collect), so responses are
+mapped in order however far the client pipelines.
+
+Registry access is in-band on the client's own connection (docs/cloaking-design.md
+§8): loads are internal Queries sent at a message boundary while the client's
+further input waits; DDL carries its registry writes in the same transaction as a
+`DO` block. A refused statement is replaced by one the server rejects at parse
+analysis, and that error by pgcloak's own: transaction state and response order
+stay exactly as on a plain server, and nothing the client wrote is forwarded.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from pgcloak.crypto.keys import MasterKey
+from pgcloak.proxy.cloak_cache import DatabaseEntry, RegistryCache
+from pgcloak.proxy.cloak_results import (
+    Unmasker,
+    decode_fields,
+    encode_fields,
+    error_from_cloak,
+    rename_fields,
+)
+from pgcloak.proxy.messages import CommandComplete, ErrorResponse
+from pgcloak.proxy.stats import Metrics
+from pgcloak.proxy.wire import ProtocolError, frame, one_cstr, two_cstrs
+from pgcloak.registry.catalog import LOAD_STATEMENTS, RegistryUnavailable, parse_load, writes_for
+from pgcloak.registry.model import Write
+from pgcloak.registry.store import STATUS_SQL, NameConflict, Registry, RegistryError
+from pgcloak.rewriter import Catalog, CloakError, Plan, Rewriter
+from pgcloak.rewriter.overlay import OverlayCatalog
+
+__all__ = ["CloakContext", "CloakSession"]
+
+CHANNEL: Final = "pgcloak_registry"
+# Fails parse analysis on any server (42883), in place of a statement pgcloak refuses.
+REFUSED_SQL: Final = "SELECT pg_catalog.pgcloak_refused_statement()"
+PATH_SQL: Final = "SELECT pg_catalog.current_schemas(false)::text"
+WRITE_NAME: Final = "_pgcloak_w"
+
+# Unit kinds.
+U_STEP: Final = 0  # one statement of a simple Query
+U_QEND: Final = 1  # the ReadyForQuery ending a simple Query or FunctionCall
+U_PARSE: Final = 2
+U_BIND: Final = 3
+U_DESCRIBE: Final = 4
+U_EXECUTE: Final = 5
+U_CLOSE: Final = 6
+U_SYNC: Final = 7
+U_FUNC: Final = 8
+U_INTERNAL: Final = 9  # a whole internal Query, through its ReadyForQuery
+
+_ENDS: Final = {ord("1"): U_PARSE, ord("2"): U_BIND, ord("3"): U_CLOSE, ord("V"): U_FUNC}
+_SET_PATH = re.compile(r"search_path|\ball\b", re.IGNORECASE)
+_FRONTEND_TYPES = frozenset(b"QPBDECSHFdcfX")
+_BAD_UTF8 = 'invalid byte sequence for encoding "UTF8"'
+
+log = logging.getLogger("pgcloak.cloak")
+
+Results = list[list[list[str | None]]]
+InternalDone = Callable[[Results, dict[str, str] | None], bytes | None]
+
+
+class Unit:
+    """What the responses to one request sent upstream mean."""
+
+    __slots__ = (
+        "emit",
+        "explain",
+        "hidden",
+        "hold",
+        "kind",
+        "offset",
+        "on_done",
+        "output",
+        "plan",
+        "refusal",
+        "results",
+        "simple",
+        "tag",
+        "write",
+    )
+
+    def __init__(
+        self,
+        kind: int,
+        *,
+        plan: Plan | None = None,
+        offset: int = 0,
+        simple: bool = True,
+        hidden: bool = False,
+    ) -> None:
+        self.kind = kind
+        self.plan = plan
+        self.offset = offset  # characters before this statement in the text sent
+        self.simple = simple  # an error skips to the Query's end (else to Sync)
+        self.hidden = hidden  # swallow every response
+        self.output: tuple[str, ...] | None = None  # RowDescription names by position
+        self.explain = False
+        self.tag: str | None = None  # CommandComplete tag to report instead
+        self.hold = False  # keep the CommandComplete until the registry write completes
+        self.write = False  # a registry write
+        self.emit: bytes | None = None  # sent to the client when this unit completes
+        self.refusal: CloakError | None = None
+        self.results: Results | None = None
+        self.on_done: InternalDone | None = None
+
+
+@dataclass
+class Prepared:
+    """A statement prepared through the extended protocol, as pgcloak planned it."""
+
+    plan: Plan | None
+    output: tuple[str, ...] | None = None
+    tag: str | None = None  # registry-only: the tag to report
+    writes: str | None = None  # DO block to run after the first Execute (DDL)
+    explain: bool = False
+
+
+class CloakContext:
+    """Process-wide cloaking state: key, rewriter (plan cache) and registry cache."""
+
+    def __init__(self, master: MasterKey, cache_size: int = 4096) -> None:
+        self.master = master
+        self.rewriter = Rewriter(cache_size)
+        self.cache = RegistryCache()
+
+
+def _do_block(writes: Sequence[Write]) -> str:
+    """Registry writes as one statement (works in both protocols, one response)."""
+    body = "".join(w.inline() + ";\n" for w in writes)
+    return f"DO $pgcloak$BEGIN\n{body}END$pgcloak$"
+
+
+def _parse_schemas(text: str | None) -> tuple[str, ...]:
+    """current_schemas() array text -> names."""
+    if not text or len(text) < 2:
+        return ()
+    out: list[str] = []
+    inner = text[1:-1]
+    i = 0
+    while i < len(inner):
+        if inner[i] == '"':
+            j = i + 1
+            buf = []
+            while j < len(inner) and inner[j] != '"':
+                if inner[j] == "\\":
+                    j += 1
+                buf.append(inner[j])
+                j += 1
+            out.append("".join(buf))
+            i = j + 2
+        else:
+            j = inner.find(",", i)
+            j = len(inner) if j < 0 else j
+            out.append(inner[i:j])
+            i = j + 1
+    return tuple(out)
+
+
+class CloakSession:
+    """Both directions of one cloaked session; no sockets, only the two write callables."""
+
+    def __init__(
+        self,
+        ctx: CloakContext,
+        database: str,
+        to_server: Callable[[bytes], None],
+        metrics: Metrics,
+        *,
+        max_size: int,
+        on_fatal: Callable[[str, str], None],
+    ) -> None:
+        self.ctx = ctx
+        self.entry: DatabaseEntry = ctx.cache.entry(database)
+        self.to_server = to_server
+        self.metrics = metrics
+        self.max_size = max_size
+        self.on_fatal = on_fatal
+        self.units: deque[Unit] = deque()
+        self.txn_status = b"I"
+        self.search_path: tuple[str, ...] = ("public",)
+        self.stmts: dict[bytes, Prepared] = {}
+        self.portals: dict[bytes, Prepared] = {}
+        self.sql_prepared: dict[str, tuple[str, ...] | None] = {}
+        self.tail = b""
+        self.backlog: bytearray | None = bytearray()  # held client input (None: not holding)
+        self.ext_open = False  # extended-protocol messages since the last Sync
+        self.private: tuple[OverlayCatalog, Registry] | None = None  # DDL in this transaction
+        self.path_dirty = False
+        self.set_in_txn = False
+        self.listen_dirty = False
+        self.client_terminated = False
+        self.server_sent_fatal = False
+        self.reads = 0
+        self.rows_table: list[Callable[[bytes, int, int], bytes | None] | None] | None = None
+        self.server_handlers: dict[int, Callable[[bytes, int, int], bytes | None] | None] = {
+            ord("1"): self._s_done,
+            ord("2"): self._s_done,
+            ord("3"): self._s_done,
+            ord("V"): self._s_done,
+            ord("n"): self._s_no_data,
+            ord("s"): self._s_suspended,
+            ord("t"): self._s_param_desc,
+            ord("T"): self._s_row_desc,
+            ord("D"): None,
+            ord("C"): self._s_complete,
+            ord("I"): self._s_complete,
+            ord("E"): self._s_error,
+            ord("N"): self._s_notice,
+            ord("A"): self._s_notification,
+            ord("S"): None,
+            ord("Z"): self._s_ready,
+            ord("G"): None,
+            ord("H"): None,
+            ord("W"): None,
+            ord("d"): None,
+            ord("c"): None,
+            ord("K"): None,
+            ord("v"): None,
+        }
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def idle(self) -> bool:
+        return not self.units and self.txn_status == b"I"
+
+    def catalog(self) -> Catalog:
+        if self.private is not None:
+            return self.private[0]
+        loaded = self.entry.loaded
+        assert loaded is not None
+        return loaded.catalog
+
+    def unmasker(self) -> Unmasker:
+        if self.private is not None:
+            return Unmasker(self.private[1].physical_names(), self.private[0])
+        assert self.entry.unmasker is not None
+        return self.entry.unmasker
+
+    def _push(self, unit: Unit) -> None:
+        self.units.append(unit)
+        if len(self.units) == 1:
+            self._head_changed()
+
+    def _pop(self) -> Unit | None:
+        units = self.units
+        if not units:
+            return None
+        unit = units.popleft()
+        self._head_changed()
+        return unit
+
+    def _head_changed(self) -> None:
+        """Route DataRows through Python only while the head unit needs them."""
+        table = self.rows_table
+        if table is None:
+            return
+        head = self.units[0] if self.units else None
+        need = head is not None and (head.hidden or head.explain or head.kind == U_INTERNAL)
+        table[68] = self._s_data_row if need else None
+
+    # ------------------------------------------------------------------ startup
+
+    def start(self, ready: bytes) -> None:
+        """First ReadyForQuery from the upstream: load what the session needs, then answer."""
+        self.txn_status = ready[5:6] or b"I"
+        stmts = [f"LISTEN {CHANNEL}", PATH_SQL]
+        if self.entry.stale or self.entry.loaded is None:
+            stmts.append(STATUS_SQL)
+        self._internal(stmts, lambda res, err: self._started(res, err, ready))
+
+    def _started(self, res: Results, err: dict[str, str] | None, ready: bytes) -> bytes | None:
+        if err is not None:
+            self.on_fatal("55000", "pgcloak could not read its registry in this database")
+            return None
+        self.search_path = _parse_schemas(res[1][0][0] if res[1] else None)
+        if len(res) > 2:
+            row = res[2][0] if res[2] else [None, None]
+            if row[0] != "t":
+                self.on_fatal(
+                    "55000",
+                    "this database has no pgcloak registry; run `pgcloak init` against it "
+                    "before connecting through pgcloak",
+                )
+                return None
+            self._internal(list(LOAD_STATEMENTS), lambda r, e: self._loaded(r, e, ready))
+            return None
+        return self._release(ready)
+
+    def _loaded(
+        self, res: Results, err: dict[str, str] | None, ready: bytes | None
+    ) -> bytes | None:
+        if err is not None:
+            if ready is not None or self.entry.loaded is None:
+                self.on_fatal("55000", "pgcloak could not load its registry in this database")
+                return None
+            return self._release(None)  # e.g. an aborted transaction: retry later
+        try:
+            loaded = parse_load(res, self.ctx.master)
+        except RegistryUnavailable as exc:
+            self.on_fatal(exc.sqlstate, exc.message)
+            return None
+        self.entry.install(loaded)
+        if loaded.key_check_missing:
+            from pgcloak.registry.store import key_check_write
+
+            write = key_check_write(self.ctx.master.key_check()).inline()
+            self._internal([write], lambda r, e: self._release(ready))
+            return None
+        return self._release(ready)
+
+    def _release(self, ready: bytes | None) -> bytes | None:
+        """Internal work done: answer what waited for it and feed the held input."""
+        backlog = self.backlog
+        self.backlog = None
+        if backlog:
+            self.feed_client(bytes(backlog))
+        return ready
+
+    def _internal(self, statements: list[str], done: InternalDone) -> None:
+        unit = Unit(U_INTERNAL, hidden=True)
+        unit.results = [[]]
+        unit.on_done = done
+        self._push(unit)
+        if self.backlog is None:
+            self.backlog = bytearray()
+        self.to_server(frame(b"Q", ";\n".join(statements).encode() + b"\0"))
+
+    def _refresh(self) -> None:
+        stmts: list[str] = []
+        if self.listen_dirty:
+            stmts.append(f"LISTEN {CHANNEL}")
+        reload = self.entry.stale
+        if reload:
+            stmts.extend(LOAD_STATEMENTS)
+        if self.path_dirty:
+            stmts.append(PATH_SQL)
+        self.listen_dirty = self.path_dirty = False
+        n_listen = 1 if stmts and stmts[0].startswith("LISTEN") else 0
+
+        def done(res: Results, err: dict[str, str] | None) -> bytes | None:
+            if err is not None:
+                if reload:
+                    self.entry.stale = True
+                return self._release(None)
+            if stmts[-1] == PATH_SQL:
+                self.search_path = _parse_schemas(res[len(stmts) - 1][0][0])
+            if reload:
+                return self._loaded(res[n_listen : n_listen + len(LOAD_STATEMENTS)], None, None)
+            return self._release(None)
+
+        self._internal(stmts, done)
+
+    # ------------------------------------------------------------------ client side
+
+    def feed_client(self, data: bytes) -> None:
+        """Client bytes (the client protocol's data_received)."""
+        self.reads += 1
+        self.metrics.bytes_from_client += len(data)
+        if self.backlog is not None:
+            self.backlog += data
+            if len(self.backlog) > self.max_size:
+                raise ProtocolError("too much client data while pgcloak loads its registry")
+            return
+        buf = self.tail + data if self.tail else data
+        n = len(buf)
+        pos = 0
+        out: list[bytes] = []
+        try:
+            while n - pos >= 5:
+                typ = buf[pos]
+                ln = int.from_bytes(buf[pos + 1 : pos + 5], "big")
+                if ln < 4 or ln > self.max_size:
+                    raise ProtocolError(f"invalid frontend message length {ln}")
+                if typ not in _FRONTEND_TYPES:
+                    raise ProtocolError(f"invalid frontend message type {typ}")
+                end = pos + 1 + ln
+                if end > n:
+                    break
+                if (typ == 81 or (typ == 80 and not self.ext_open)) and self._needs_refresh():
+                    self.tail = b""
+                    if out:
+                        self.to_server(b"".join(out))
+                        out = []
+                    self.backlog = bytearray(buf[pos:])
+                    self._refresh()
+                    return
+                self._client_message(typ, buf, pos, end, out)
+                pos = end
+            self.tail = buf[pos:] if pos < n else b""
+        finally:
+            if out:
+                self.to_server(b"".join(out))
+
+    def _needs_refresh(self) -> bool:
+        if self.txn_status == b"E" or self.private is not None:
+            return self.listen_dirty
+        return self.entry.stale or self.path_dirty or self.listen_dirty
+
+    def _client_message(self, typ: int, buf: bytes, pos: int, end: int, out: list[bytes]) -> None:
+        if typ == 81:  # Q
+            self.metrics.queries += 1
+            self._query(buf[pos + 5 : end - 1], out)
+        elif typ == 80:  # P
+            self.ext_open = True
+            self._parse(buf, pos, end, out)
+        elif typ == 66:  # B
+            self.ext_open = True
+            portal, stmt = two_cstrs(buf, pos + 5, end)
+            prepared = self.stmts.get(stmt)
+            if prepared is not None:
+                self.portals[portal] = prepared
+            else:
+                self.portals.pop(portal, None)
+            self._push(Unit(U_BIND, simple=False))
+            out.append(buf[pos:end])
+        elif typ == 68:  # D
+            self.ext_open = True
+            kind = buf[pos + 5 : pos + 6]
+            name = one_cstr(buf, pos + 6, end)
+            prepared = (self.stmts if kind == b"S" else self.portals).get(name)
+            unit = Unit(U_DESCRIBE, simple=False)
+            if prepared is not None:
+                unit.plan = prepared.plan
+                unit.output = prepared.output
+            self._push(unit)
+            out.append(buf[pos:end])
+        elif typ == 69:  # E
+            self.ext_open = True
+            self.metrics.queries += 1
+            self._execute(buf, pos, end, out)
+        elif typ == 67:  # C
+            self.ext_open = True
+            kind = buf[pos + 5 : pos + 6]
+            name = one_cstr(buf, pos + 6, end)
+            (self.stmts if kind == b"S" else self.portals).pop(name, None)
+            self._push(Unit(U_CLOSE, simple=False))
+            out.append(buf[pos:end])
+        elif typ == 83:  # S
+            self.ext_open = False
+            self._push(Unit(U_SYNC, simple=False))
+            out.append(buf[pos:end])
+        elif typ == 70:  # F
+            self._push(Unit(U_FUNC))
+            self._push(Unit(U_QEND))
+            out.append(buf[pos:end])
+        elif typ == 88:  # X
+            self.client_terminated = True
+            out.append(buf[pos:end])
+        else:  # H d c f
+            out.append(buf[pos:end])
+
+    def _plan(self, sql: str) -> tuple[Plan, ...]:
+        return self.ctx.rewriter.plan(sql, self.catalog(), self.search_path)
+
+    def _writes(self, plan: Plan) -> str:
+        """Apply a DDL plan's changes to this transaction's registry; the DO block to send."""
+        if self.private is None:
+            loaded = self.entry.loaded
+            assert loaded is not None
+            self.private = (OverlayCatalog(loaded.catalog), loaded.registry.copy())
+        catalog, registry = self.private
+        writes: list[Write] = []
+        try:
+            for change in plan.changes:
+                writes.extend(writes_for(registry, change))
+        except NameConflict as exc:
+            raise CloakError("42P07", f'relation "{exc.name}" already exists') from None
+        except RegistryError:
+            raise CloakError("XX000", "pgcloak could not record this change") from None
+        catalog.apply_all(plan.changes)
+        return _do_block(writes)
+
+    def _track(self, plan: Plan) -> None:
+        kind = plan.statement
+        if kind in {"VariableSetStmt", "DiscardStmt"}:
+            if _SET_PATH.search(plan.source):
+                self.path_dirty = self.set_in_txn = True
+            if kind == "DiscardStmt":
+                self.listen_dirty = True
+                self.sql_prepared.clear()
+        elif kind == "UnlistenStmt":
+            self.listen_dirty = True
+
+    def _refuse(self, err: CloakError, out: list[bytes], name: bytes | None = None) -> None:
+        self.metrics.proxy_errors += 1
+        if name is None:
+            unit = Unit(U_STEP)
+            unit.refusal = err
+            self._push(unit)
+            self._push(Unit(U_QEND))
+            out.append(frame(b"Q", REFUSED_SQL.encode() + b"\0"))
+        else:
+            unit = Unit(U_PARSE, simple=False)
+            unit.refusal = err
+            self._push(unit)
+            self.stmts.pop(name, None)
+            out.append(frame(b"P", name + b"\0" + REFUSED_SQL.encode() + b"\0\0\0"))
+
+    def _query(self, raw: bytes, out: list[bytes]) -> None:
+        try:
+            sql = raw.decode("utf-8")
+            plans = self._plan(sql)
+            texts: list[str] = []
+            units: list[Unit] = []
+            length = 0
+            for plan in plans:
+                if texts:
+                    texts.append(";\n")
+                    length += 2
+                self._track(plan)
+                if plan.sql is None:  # registry-only (RENAME, COMMENT)
+                    unit = Unit(U_STEP, plan=plan)
+                    unit.tag = plan.command_tag
+                    unit.write = True
+                    text = self._writes(plan)
+                else:
+                    unit = Unit(U_STEP, plan=plan, offset=length)
+                    text = plan.sql
+                    if plan.cloaked:
+                        unit.output = self._output(plan)
+                        unit.explain = plan.statement == "ExplainStmt"
+                units.append(unit)
+                texts.append(text)
+                length += len(text)
+                if plan.changes and plan.sql is not None:
+                    unit.hold = True
+                    do = self._writes(plan)
+                    texts.append(";\n")
+                    texts.append(do)
+                    length += 2 + len(do)
+                    w = Unit(U_STEP, hidden=True)
+                    w.write = True
+                    units.append(w)
+        except UnicodeDecodeError:
+            self._refuse(CloakError("22021", _BAD_UTF8), out)
+            return
+        except CloakError as err:
+            self._refuse(err, out)
+            return
+        if not units:
+            units.append(Unit(U_STEP))  # empty query: EmptyQueryResponse
+        for unit in units:
+            self._push(unit)
+        self._push(Unit(U_QEND))
+        text = "".join(texts)
+        out.append(frame(b"Q", text.encode() + b"\0") if text != sql else raw_query(raw))
+
+    def _output(self, plan: Plan) -> tuple[str, ...] | None:
+        execute = getattr(plan, "execute", None)
+        if execute is not None:
+            return self.sql_prepared.get(execute)
+        prepare = getattr(plan, "prepare", None)
+        if prepare is not None:
+            self.sql_prepared[prepare] = plan.output_names
+            return None
+        deallocate = getattr(plan, "deallocate", None)
+        if deallocate is not None:
+            if deallocate == "*":
+                self.sql_prepared.clear()
+            else:
+                self.sql_prepared.pop(deallocate, None)
+        return plan.output_names
+
+    def _parse(self, buf: bytes, pos: int, end: int, out: list[bytes]) -> None:
+        name, raw = two_cstrs(buf, pos + 5, end)
+        rest = buf[pos + 5 + len(name) + len(raw) + 2 : end]
+        try:
+            sql = raw.decode("utf-8")
+            plans = self._plan(sql)
+            if len(plans) > 1:
+                raise CloakError(
+                    "42601", "cannot insert multiple commands into a prepared statement"
+                )
+            prepared = Prepared(plans[0] if plans else None)
+            text = sql
+            if plans:
+                plan = plans[0]
+                self._track(plan)
+                if plan.sql is None:
+                    prepared.tag = plan.command_tag
+                    text = self._writes(plan)
+                else:
+                    text = plan.sql
+                    if plan.cloaked:
+                        prepared.output = self._output(plan)
+                        prepared.explain = plan.statement == "ExplainStmt"
+                    if plan.changes:
+                        prepared.writes = self._writes(plan)
+        except UnicodeDecodeError:
+            self._refuse(CloakError("22021", _BAD_UTF8), out, name)
+            return
+        except CloakError as err:
+            self._refuse(err, out, name)
+            return
+        self.stmts[name] = prepared
+        self._push(Unit(U_PARSE, plan=prepared.plan, simple=False))
+        if text == sql:
+            out.append(buf[pos:end])
+        else:
+            body = name + b"\0" + text.encode() + b"\0" + rest
+            out.append(frame(b"P", body))
+
+    def _execute(self, buf: bytes, pos: int, end: int, out: list[bytes]) -> None:
+        portal = one_cstr(buf, pos + 5, end)
+        prepared = self.portals.get(portal)
+        unit = Unit(U_EXECUTE, simple=False)
+        out.append(buf[pos:end])
+        if prepared is None:
+            self._push(unit)
+            return
+        unit.plan = prepared.plan
+        unit.output = prepared.output
+        unit.explain = prepared.explain
+        unit.tag = prepared.tag
+        unit.write = prepared.tag is not None
+        self._push(unit)
+        if prepared.writes is None:
+            return
+        do = prepared.writes
+        prepared.writes = None  # the DDL runs once; its registry rows once
+        unit.hold = True
+        w = WRITE_NAME.encode()
+        out.append(frame(b"P", w + b"\0" + do.encode() + b"\0\0\0"))
+        out.append(frame(b"B", w + b"\0" + w + b"\0\0\0\0\0\0\0"))
+        out.append(frame(b"E", w + b"\0\0\0\0\0"))
+        out.append(frame(b"C", b"S" + w + b"\0"))
+        out.append(frame(b"C", b"P" + w + b"\0"))
+        for kind in (U_PARSE, U_BIND, U_EXECUTE, U_CLOSE, U_CLOSE):
+            u = Unit(kind, simple=False, hidden=True)
+            u.write = kind == U_EXECUTE
+            self._push(u)
+
+    # ------------------------------------------------------------------ server side
+    # Relay handlers: (buffer, start, end) -> replacement bytes, b"" to drop, None to pass.
+
+    def _s_done(self, buf: bytes, start: int, end: int) -> bytes | None:
+        """ParseComplete, BindComplete, CloseComplete, FunctionCallResponse."""
+        unit = self._pop()
+        if unit is None:
+            return None
+        if unit.kind != _ENDS.get(buf[start]):
+            raise ProtocolError("pgcloak lost track of the upstream's responses")
+        return b"" if unit.hidden else None
+
+    def _s_no_data(self, buf: bytes, start: int, end: int) -> bytes | None:
+        head = self.units[0] if self.units else None
+        if head is not None and head.kind == U_DESCRIBE:
+            self._pop()
+            return b"" if head.hidden else None
+        return b"" if head is not None and head.hidden else None
+
+    def _s_suspended(self, buf: bytes, start: int, end: int) -> bytes | None:
+        unit = self._pop()
+        return b"" if unit is not None and unit.hidden else None
+
+    def _s_param_desc(self, buf: bytes, start: int, end: int) -> bytes | None:
+        head = self.units[0] if self.units else None
+        return b"" if head is not None and head.hidden else None
+
+    def _s_row_desc(self, buf: bytes, start: int, end: int) -> bytes | None:
+        head = self.units[0] if self.units else None
+        if head is None:
+            return None
+        if head.kind == U_DESCRIBE:
+            self._pop()
+        if head.hidden:
+            return b""
+        if head.output is None and head.plan is None:
+            return None
+        if head.plan is not None and not head.plan.cloaked:
+            return None
+        return rename_fields(buf[start + 5 : end], head.output, self.unmasker().names)
+
+    def _s_data_row(self, buf: bytes, start: int, end: int) -> bytes | None:
+        head = self.units[0] if self.units else None
+        if head is None:
+            return None
+        if head.results is not None:
+            head.results[-1].append(_text_row(buf, start + 5, end))
+            return b""
+        if head.hidden:
+            return b""
+        if head.explain:
+            return self.unmasker().explain_row(buf[start + 5 : end])
+        return None
+
+    def _s_complete(self, buf: bytes, start: int, end: int) -> bytes | None:
+        head = self.units[0] if self.units else None
+        if head is None:
+            return None
+        if head.kind == U_INTERNAL:
+            assert head.results is not None
+            head.results.append([])
+            return b""
+        self._pop()
+        if head.hold:
+            nxt = next((u for u in self.units if u.write), None)
+            if nxt is not None:
+                nxt.emit = bytes(buf[start:end])
+                return b""
+        if head.hidden:
+            return head.emit if head.emit is not None else b""
+        if head.tag is not None:
+            return CommandComplete(head.tag).encode()
+        return None
+
+    def _s_error(self, buf: bytes, start: int, end: int) -> bytes | None:
+        self.metrics.server_errors += 1
+        fields = decode_fields(buf[start + 5 : end])
+        if fields.get("S") in ("FATAL", "PANIC") or fields.get("V") in ("FATAL", "PANIC"):
+            self.server_sent_fatal = True
+        head = self.units[0] if self.units else None
+        if head is None:
+            return encode_fields(b"E", self.unmasker().fields(fields))
+        if head.kind == U_INTERNAL:
+            assert head.results is not None
+            head.results.append([])
+            head.emit = buf[start:end]  # remembered: the internal query failed
+            return b""
+        replacement: bytes
+        if head.refusal is not None and fields.get("C") != "25P02":
+            replacement = error_from_cloak(head.refusal)
+        elif head.write and fields.get("C") != "25P02":
+            replacement = _registry_error(fields)
+        else:
+            pos = fields.get("P")
+            mapped: int | None = None
+            if pos is not None and pos.isdigit() and head.plan is not None:
+                mapped = head.plan.original_position(int(pos) - head.offset)
+            replacement = encode_fields(b"E", self.unmasker().fields(fields, mapped))
+        # The backend skips to the end of the Query (simple) or to Sync (extended).
+        stop = U_QEND if head.simple else U_SYNC
+        while self.units and self.units[0].kind not in (stop, U_INTERNAL):
+            self.units.popleft()
+        self._head_changed()
+        return replacement
+
+    def _s_notice(self, buf: bytes, start: int, end: int) -> bytes | None:
+        head = self.units[0] if self.units else None
+        if head is not None and head.hidden:
+            return b""
+        fields = decode_fields(buf[start + 5 : end])
+        return encode_fields(b"N", self.unmasker().fields(fields))
+
+    def _s_notification(self, buf: bytes, start: int, end: int) -> bytes | None:
+        i = buf.index(b"\0", start + 9, end)
+        if buf[start + 9 : i] != CHANNEL.encode():
+            return None
+        payload = buf[i + 1 : buf.index(b"\0", i + 1, end)]
+        self.entry.notified(int(payload) if payload.isdigit() else None)
+        return b""
+
+    def _s_ready(self, buf: bytes, start: int, end: int) -> bytes | None:
+        status = buf[start + 5 : start + 6]
+        self.txn_status = status
+        unit = self._pop()
+        if status == b"I":
+            if self.private is not None:
+                self.private = None
+                self.entry.stale = True  # re-read exactly what committed (or not)
+            if self.set_in_txn:
+                self.set_in_txn = False
+                self.path_dirty = True
+        if unit is None:
+            return None
+        if unit.kind == U_INTERNAL:
+            assert unit.results is not None and unit.on_done is not None
+            results = unit.results[:-1] if not unit.results[-1] else unit.results
+            err = decode_fields(unit.emit[5:]) if unit.emit is not None else None
+            emitted = unit.on_done(results, err)
+            return emitted if emitted is not None else b""
+        if unit.kind not in (U_QEND, U_SYNC):
+            raise ProtocolError("pgcloak lost track of the upstream's responses")
+        return None
+
+
+def raw_query(raw: bytes) -> bytes:
+    return frame(b"Q", raw + b"\0")
+
+
+def _text_row(buf: bytes, start: int, end: int) -> list[str | None]:
+    count = int.from_bytes(buf[start : start + 2], "big")
+    pos = start + 2
+    row: list[str | None] = []
+    for _ in range(count):
+        ln = int.from_bytes(buf[pos : pos + 4], "big", signed=True)
+        pos += 4
+        if ln < 0:
+            row.append(None)
+        else:
+            row.append(buf[pos : pos + ln].decode("utf-8", "surrogateescape"))
+            pos += ln
+    return row
+
+
+def _registry_error(fields: dict[str, str]) -> bytes:
+    """A registry write failed: report it without the registry's internals."""
+    if fields.get("C") == "23505":
+        return ErrorResponse.make(
+            "ERROR",
+            "42P07",
+            "an object of this name was created concurrently through another pgcloak session",
+        ).encode()
+    return ErrorResponse.make(
+        "ERROR",
+        fields.get("C", "XX000"),
+        "pgcloak could not record this change in its registry",
+    ).encode()

@@ -1,0 +1,132 @@
+"""Server -> client mapping for cloaked sessions: physical names back to semantic ones.
+
+RowDescription names come from the rewriter's plan (by position, so explicit
+aliases survive); error and notice fields, EXPLAIN lines and anything else
+that quotes a physical name go through the registry's reverse map. Kept apart
+from the session state machine so that each mapping can be tested byte for byte.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping, Sequence
+
+from pgcloak.proxy.messages import ErrorResponse, NoticeResponse
+from pgcloak.proxy.wire import frame
+from pgcloak.registry.unmask import unmask_message, unmask_sql
+from pgcloak.rewriter import Catalog, CloakError
+
+__all__ = ["Unmasker", "decode_fields", "encode_fields", "error_from_cloak"]
+
+_FIELD = struct.Struct("!IhIhih")
+_I16 = struct.Struct("!h")
+
+
+def decode_fields(body: bytes) -> dict[str, str]:
+    """ErrorResponse/NoticeResponse fields (the body after the type and length)."""
+    out: dict[str, str] = {}
+    pos = 0
+    n = len(body)
+    while pos < n and body[pos] != 0:
+        code = chr(body[pos])
+        end = body.index(b"\0", pos + 1)
+        out[code] = body[pos + 1 : end].decode("utf-8", "surrogateescape")
+        pos = end + 1
+    return out
+
+
+def encode_fields(typ: bytes, fields: Mapping[str, str]) -> bytes:
+    cls = NoticeResponse if typ == b"N" else ErrorResponse
+    return cls(dict(fields)).encode()
+
+
+def error_from_cloak(err: CloakError) -> bytes:
+    """The ErrorResponse a client gets for a statement pgcloak refused."""
+    extra: dict[str, str] = {}
+    if err.position is not None:
+        extra["position"] = str(err.position)
+    return ErrorResponse.make("ERROR", err.sqlstate, err.message, **extra).encode()
+
+
+class Unmasker:
+    """Reverse mapping for one registry generation (built once, shared by sessions)."""
+
+    def __init__(self, names: Mapping[str, str], catalog: Catalog) -> None:
+        self.names = names
+        self.catalog = catalog
+
+    def text(self, text: str) -> str:
+        return unmask_message(text, self.names) if self.names else text
+
+    def fields(self, fields: dict[str, str], position: int | None = None) -> dict[str, str]:
+        """Map every field of an ErrorResponse/NoticeResponse; `position` replaces 'P'."""
+        names = self.names
+        out: dict[str, str] = {}
+        table = fields.get("t")
+        for code, raw in fields.items():
+            value = raw
+            if code in "MDHW":
+                value = unmask_message(raw, names)
+            elif code == "q":
+                value = unmask_sql(raw, names)
+            elif code in "tn":
+                value = names.get(raw, raw)
+            elif code == "c":
+                value = self._column(table, raw)
+            out[code] = value
+        if position is not None:
+            out["P"] = str(position)
+        return out
+
+    def _column(self, table: str | None, physical: str) -> str:
+        if table is not None:
+            rel = self.catalog.relation_by_physical(table)
+            if rel is not None:
+                col = rel.column_by_physical(physical)
+                if col is not None:
+                    return col.name
+        return self.names.get(physical, physical)
+
+    def explain_row(self, body: bytes) -> bytes:
+        """A DataRow of EXPLAIN output with physical names replaced (text format only)."""
+        count = _I16.unpack_from(body, 0)[0]
+        pos = 2
+        values: list[bytes | None] = []
+        for _ in range(count):
+            ln = int.from_bytes(body[pos : pos + 4], "big", signed=True)
+            pos += 4
+            if ln < 0:
+                values.append(None)
+                continue
+            raw = body[pos : pos + ln]
+            pos += ln
+            try:
+                values.append(unmask_sql(raw.decode(), self.names).encode())
+            except UnicodeDecodeError:
+                values.append(raw)
+        out = _I16.pack(len(values))
+        for v in values:
+            out += b"\xff\xff\xff\xff" if v is None else len(v).to_bytes(4, "big") + v
+        return frame(b"D", out)
+
+
+def rename_fields(body: bytes, output: Sequence[str] | None, names: Mapping[str, str]) -> bytes:
+    """RowDescription with semantic names: by position from the plan, else via the registry."""
+    count = _I16.unpack_from(body, 0)[0]
+    pos = 2
+    parts = [body[:2]]
+    use_plan = output is not None and len(output) == count
+    for i in range(count):
+        end = body.index(b"\0", pos)
+        name = body[pos:end]
+        rest = body[end + 1 : end + 1 + _FIELD.size]
+        pos = end + 1 + _FIELD.size
+        if use_plan:
+            assert output is not None
+            new = output[i].encode()
+        else:
+            decoded = name.decode("utf-8", "surrogateescape")
+            mapped = names.get(decoded)
+            new = mapped.encode() if mapped is not None else name
+        parts.append(new + b"\0" + rest)
+    return frame(b"T", b"".join(parts))

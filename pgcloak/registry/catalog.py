@@ -1,0 +1,496 @@
+"""The stored registry as the rewriter's `Catalog`, loaded in-band in one Query.
+
+The proxy sends `LOAD_SQL` (one simple-protocol Query) on the client's own
+upstream connection and hands the text-format rows of every result set to
+`parse_load`, which decrypts the registry (pgcloak.objects) and joins it with the
+physical metadata PostgreSQL keeps (column order, constraint and index columns,
+FK targets, owned sequences) into a `RegistryCatalog`. DDL plans' changes are
+applied to that catalog optimistically (`apply`, inherited from MemoryCatalog)
+and turned into registry `Write`s by `writes_for` (pgcloak.registry.changes).
+
+The metadata queries only ever contain fixed text: they reach the server and its
+log, so they match registered objects by joining pgcloak.objects, never by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from pgcloak.crypto.keys import MasterKey
+from pgcloak.crypto.names import DecryptionError, NameCipher
+from pgcloak.registry.changes import writes_for, writes_for_all
+from pgcloak.registry.model import Kind, RawRow, RegistryObject
+from pgcloak.registry.store import (
+    KEY_CHECK_SQL,
+    SELECT_OBJECTS_SQL,
+    VERSION_SQL,
+    Registry,
+    RegistryError,
+    RegistryStatus,
+    load,
+)
+from pgcloak.rewriter.catalog import (
+    Column,
+    Constraint,
+    CreateTable,
+    Index,
+    MemoryCatalog,
+    OwnedSequence,
+    Relation,
+)
+
+__all__ = [
+    "LOAD_RESULT_SETS",
+    "LOAD_SQL",
+    "LOAD_STATEMENTS",
+    "Loaded",
+    "RegistryCatalog",
+    "RegistryUnavailable",
+    "parse_load",
+    "snapshot_covers",
+    "writes_for",
+    "writes_for_all",
+]
+
+# -- the load query -------------------------------------------------------------------
+
+SNAPSHOT_SQL = "SELECT pg_catalog.pg_current_snapshot()::pg_catalog.text"
+
+# Registered relations of the given kinds joined to pg_class (alias c, schema n).
+_REGISTERED = (
+    "FROM pgcloak.objects o "
+    "JOIN pg_catalog.pg_namespace n ON n.nspname = o.schema_name "
+    "JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = o.physical_name "
+)
+
+# Registered relations that exist: (nspname, relname, relkind).
+RELATIONS_SQL = (
+    f"SELECT n.nspname, c.relname, c.relkind {_REGISTERED}WHERE o.kind IN ('t','i','s','v','m')"
+)
+# Live columns of registered tables/views: (nspname, relname, attnum, attname).
+COLUMNS_SQL = (
+    f"SELECT n.nspname, c.relname, a.attnum, a.attname {_REGISTERED}"
+    "JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid "
+    "WHERE o.kind IN ('t','v','m') AND a.attnum > 0 AND NOT a.attisdropped"
+)
+# Constraints of registered tables: (nspname, relname, conname, contype, key attnums,
+# referenced nspname, referenced relname, referenced attnums); attnums space-separated.
+# p/u/x report their index's columns (key columns, then INCLUDE columns).
+CONSTRAINTS_SQL = (
+    "SELECT n.nspname, c.relname, k.conname, k.contype, "
+    "CASE WHEN x.indexrelid IS NOT NULL THEN x.indkey::pg_catalog.text "
+    "ELSE pg_catalog.array_to_string(k.conkey, ' ') END, "
+    "rn.nspname, r.relname, pg_catalog.array_to_string(k.confkey, ' ') "
+    f"{_REGISTERED}JOIN pg_catalog.pg_constraint k ON k.conrelid = c.oid "
+    "LEFT JOIN pg_catalog.pg_index x ON x.indexrelid = k.conindid AND k.contype IN ('p','u','x') "
+    "LEFT JOIN pg_catalog.pg_class r ON r.oid = k.confrelid "
+    "LEFT JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace "
+    "WHERE o.kind = 't'"
+)
+# Registered plain indexes: (nspname, index relname, table relname, indisunique, indkey,
+# attnums of the columns in the expressions then the predicate, in order of appearance).
+# The node-tree text is fixed-format (a Const prints as bytes), so the pattern is safe.
+INDEXES_SQL = (
+    "SELECT n.nspname, c.relname, t.relname, x.indisunique, x.indkey::pg_catalog.text, "
+    "pg_catalog.array_to_string(ARRAY(SELECT m.v[1] FROM pg_catalog.regexp_matches("
+    "COALESCE(x.indexprs::pg_catalog.text, '') || ' ' || COALESCE(x.indpred::pg_catalog.text, ''), "
+    "':varattno ([0-9]+)', 'g') WITH ORDINALITY AS m(v, i) ORDER BY m.i), ' ') "
+    f"{_REGISTERED}JOIN pg_catalog.pg_index x ON x.indexrelid = c.oid "
+    "JOIN pg_catalog.pg_class t ON t.oid = x.indrelid "
+    "WHERE o.kind = 'i'"
+)
+# Sequences owned by columns of registered tables (serial: deptype a, identity: i):
+# (sequence nspname, sequence relname, table relname, column attnum).
+SEQUENCES_SQL = (
+    "SELECT sn.nspname, s.relname, c.relname, d.refobjsubid "
+    f"{_REGISTERED}JOIN pg_catalog.pg_depend d ON d.refobjid = c.oid "
+    "AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass "
+    "AND d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass "
+    "AND d.refobjsubid > 0 AND d.deptype IN ('a','i') "
+    "JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S' "
+    "JOIN pg_catalog.pg_namespace sn ON sn.oid = s.relnamespace "
+    "WHERE o.kind = 't'"
+)
+# Every other relation (system catalogs included), for Catalog.has_uncloaked: neither
+# registered nor shaped like a physical name (constraint indexes, orphans); toast
+# tables are left out (internal, and as many as the tables).
+UNCLOAKED_SQL = (
+    "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c "
+    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE n.nspname !~ '^pg_toast' AND c.relname !~ '^[tciksvm][0-9a-f]{20}(_|$)' "
+    "AND NOT EXISTS (SELECT FROM pgcloak.objects o WHERE o.kind IN ('t','i','s','v','m') "
+    "AND o.schema_name = n.nspname AND o.physical_name = c.relname)"
+)
+
+# In LOAD_SQL order. The snapshot comes FIRST: in READ COMMITTED every statement of
+# the Query gets a newer snapshot, so everything a transaction id covered by it did
+# is also visible to the reads after it; a commit racing the load is not covered
+# and its NOTIFY triggers a reload (taking it last could skip a needed reload).
+LOAD_STATEMENTS: tuple[str, ...] = (
+    SNAPSHOT_SQL,
+    VERSION_SQL,
+    KEY_CHECK_SQL,
+    SELECT_OBJECTS_SQL,
+    RELATIONS_SQL,
+    COLUMNS_SQL,
+    CONSTRAINTS_SQL,
+    INDEXES_SQL,
+    SEQUENCES_SQL,
+    UNCLOAKED_SQL,
+)
+LOAD_SQL = ";\n".join(LOAD_STATEMENTS)
+LOAD_RESULT_SETS = len(LOAD_STATEMENTS)
+_WIDTHS = (1, 1, 1, 12, 3, 4, 8, 6, 4, 2)  # columns per result set, checked on parse
+
+
+class RegistryUnavailable(RegistryError):
+    """The registry cannot be used; `message` is client-safe (no semantic names)."""
+
+    VERSION = "55000"  # object_not_in_prerequisite_state: unsupported layout version
+    KEY_MISMATCH = "28000"  # the proxy's master key is not the registry's
+    CORRUPT = "XX001"  # data_corrupted: undecryptable, tampered or malformed rows
+
+    def __init__(self, sqlstate: str, message: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.message = message
+
+
+# -- snapshots ------------------------------------------------------------------------
+
+
+def snapshot_covers(snapshot: str, txid: int) -> bool:
+    """Whether transaction `txid` had finished in `snapshot` ('xmin:xmax:xip,...').
+
+    The NOTIFY payload on pgcloak_registry is txid_current() of the committing
+    transaction; if the loaded snapshot covers it, the load already saw its rows.
+    """
+    xmin_s, xmax_s, xip_s = snapshot.strip().split(":")
+    xmin, xmax = int(xmin_s), int(xmax_s)
+    if txid < xmin:
+        return True
+    if txid >= xmax:
+        return False
+    return str(txid) not in xip_s.split(",")
+
+
+# -- metadata ---------------------------------------------------------------------------
+
+Text = str | bytes | None
+ResultSet = Sequence[Sequence[Text]]
+_Key = tuple[str, str]  # (schema, physical relation name)
+
+
+def _s(value: Text) -> str:
+    if value is None:
+        raise ValueError("unexpected NULL in registry metadata")
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def _nums(value: Text) -> tuple[int, ...]:
+    return () if value is None else tuple(int(v) for v in _s(value).split())
+
+
+@dataclass(frozen=True)
+class _ConMeta:
+    contype: str
+    keys: tuple[int, ...]
+    ref: _Key | None
+    ref_keys: tuple[int, ...]
+
+
+@dataclass
+class Metadata:
+    """What pg_catalog says about the registered objects (parsed result sets 5-10)."""
+
+    relations: dict[_Key, str] = field(default_factory=dict)  # -> relkind
+    columns: dict[_Key, dict[int, str]] = field(default_factory=dict)  # attnum -> attname
+    constraints: dict[tuple[str, str, str], _ConMeta] = field(default_factory=dict)
+    indexes: dict[_Key, tuple[str, bool, tuple[int, ...]]] = field(default_factory=dict)
+    sequences: dict[_Key, tuple[str, int]] = field(default_factory=dict)  # -> table, attnum
+    uncloaked: list[tuple[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, sets: Sequence[ResultSet]) -> Metadata:
+        rels, cols, cons, idxs, seqs, other = sets
+        meta = cls()
+        for r in rels:
+            meta.relations[(_s(r[0]), _s(r[1]))] = _s(r[2])
+        for r in cols:
+            meta.columns.setdefault((_s(r[0]), _s(r[1])), {})[int(_s(r[2]))] = _s(r[3])
+        for r in cons:
+            ref = None if r[6] is None else (_s(r[5]), _s(r[6]))
+            meta.constraints[(_s(r[0]), _s(r[1]), _s(r[2]))] = _ConMeta(
+                _s(r[3]), _nums(r[4]), ref, _nums(r[7])
+            )
+        for r in idxs:
+            attnums = tuple(dict.fromkeys(n for n in (*_nums(r[4]), *_nums(r[5])) if n > 0))
+            meta.indexes[(_s(r[0]), _s(r[1]))] = (_s(r[2]), _s(r[3]) == "t", attnums)
+        for r in seqs:
+            meta.sequences[(_s(r[0]), _s(r[1]))] = (_s(r[2]), int(_s(r[3])))
+        meta.uncloaked = [(_s(r[0]), _s(r[1])) for r in other]
+        return meta
+
+
+# -- the catalog ------------------------------------------------------------------------
+
+_COLUMN_HOLDERS = {Kind.TABLE: "table", Kind.VIEW: "view", Kind.MATVIEW: "matview"}
+
+
+class RegistryCatalog(MemoryCatalog):
+    """A MemoryCatalog filled from the registry plus pg_catalog metadata.
+
+    It mirrors the registry exactly (so the rewriter refuses what `writes_for` could
+    not register); pg_catalog supplies column order and constraint/index columns.
+    Differences between the two are listed in `drift` (physical names only).
+    """
+
+    def __init__(self, uncloaked: Iterable[tuple[str, str]] | None = None) -> None:
+        super().__init__(uncloaked)
+        self.uncloaked_misses = 0
+        self.drift: list[str] = []
+        # Registered relations no Relation holds (sequences owned by nothing).
+        self._extra: dict[tuple[str, str], str] = {}
+
+    @classmethod
+    def build(cls, registry: Registry, meta: Metadata) -> RegistryCatalog:
+        cat = cls(meta.uncloaked)
+        for obj in registry:
+            if obj.kind in _COLUMN_HOLDERS:
+                cat._add_relation(registry, meta, obj)
+            elif obj.kind == Kind.SEQUENCE and obj.parent_id is None:
+                assert obj.schema_name is not None
+                cat._extra[(obj.schema_name, obj.name)] = obj.physical_name
+                cat._check_present(meta, obj)
+        return cat
+
+    def copy(self) -> RegistryCatalog:
+        """Independent copy for a transaction (own identity and version: plan-cache safe)."""
+        new = RegistryCatalog()
+        new._uncloaked = self._uncloaked
+        new._rels = dict(self._rels)
+        new._by_phys = dict(self._by_phys)
+        new._cons = {k: list(v) for k, v in self._cons.items()}
+        new._idx = {k: list(v) for k, v in self._idx.items()}
+        new._seqs = {k: list(v) for k, v in self._seqs.items()}
+        new._extra = dict(self._extra)
+        new.drift = list(self.drift)
+        return new
+
+    def relations(self) -> list[Relation]:
+        """Every cloaked table/view, by physical name."""
+        return [self._by_phys[p] for p in sorted(self._by_phys)]
+
+    # -- Catalog overrides ------------------------------------------------------------
+
+    def relation_physical(self, schema: str, name: str) -> str | None:
+        found = super().relation_physical(schema, name)
+        return found if found is not None else self._extra.get((schema, name))
+
+    def relation_names(self, schema: str) -> Collection[str]:
+        names = set(super().relation_names(schema))
+        names.update(n for (s, n) in self._extra if s == schema)
+        return names
+
+    def sensitive_names(self) -> Collection[str]:
+        base = super().sensitive_names()
+        if not self._extra:
+            return base
+        return frozenset(base) | {n for _, n in self._extra}
+
+    def has_uncloaked(self, schema: str, name: str) -> bool | None:
+        found = super().has_uncloaked(schema, name)
+        if found is False:
+            self.uncloaked_misses += 1
+        return found
+
+    # -- building ---------------------------------------------------------------------
+
+    def _check_present(self, meta: Metadata, obj: RegistryObject) -> bool:
+        assert obj.schema_name is not None
+        if (obj.schema_name, obj.physical_name) in meta.relations:
+            return True
+        self.drift.append(f"{obj.kind.label} {obj.schema_name}.{obj.physical_name} is missing")
+        return False
+
+    def _add_relation(self, registry: Registry, meta: Metadata, obj: RegistryObject) -> None:
+        schema, phys = obj.schema_name, obj.physical_name
+        assert schema is not None
+        where = f"{schema}.{phys}"
+        present = self._check_present(meta, obj)
+        attnames = meta.columns.get((schema, phys), {})
+        attnums = {name: num for num, name in attnames.items()}
+        registered = registry.columns(obj)
+        for col in registered:
+            if present and col.physical_name not in attnums:
+                self.drift.append(f"column {where}.{col.physical_name} is missing")
+        known = {c.physical_name for c in registered}
+        for num, name in sorted(attnames.items()):
+            if name not in known:  # its name may be a semantic one in plain view: not shown
+                self.drift.append(f"column {where} #{num} is not registered")
+        # pg_attribute order is authoritative; unmatched registry columns go last.
+        ordered = sorted(
+            registered,
+            key=lambda c: (
+                (0, attnums[c.physical_name], 0)
+                if c.physical_name in attnums
+                else (1, 0, c.position or 0)
+            ),
+        )
+        rel = Relation(
+            schema,
+            obj.name,
+            phys,
+            tuple(Column(c.name, c.physical_name) for c in ordered),
+            _COLUMN_HOLDERS[obj.kind],
+        )
+        constraints = [
+            self._constraint(registry, meta, rel, c, attnames=attnames, present=present)
+            for c in registry.children(obj, Kind.CONSTRAINT)
+        ]
+        indexes = []
+        for i in registry.children(obj, Kind.INDEX):
+            found = meta.indexes.get((schema, i.physical_name))
+            if found is None or found[0] != phys:
+                self.drift.append(f"index {schema}.{i.physical_name} is missing")
+                found = (phys, False, ())
+            cols = tuple(attnames[n] for n in found[2] if n in attnames)
+            indexes.append(Index(schema, phys, i.name, i.physical_name, cols, found[1], i.implicit))
+        sequences = []
+        for col in registered:
+            for s in registry.children(col, Kind.SEQUENCE):
+                assert s.schema_name is not None
+                owner = meta.sequences.get((s.schema_name, s.physical_name))
+                if owner != (phys, attnums.get(col.physical_name)) and present:
+                    self.drift.append(
+                        f"sequence {s.schema_name}.{s.physical_name} is not owned by "
+                        f"{where}.{col.physical_name}"
+                    )
+                sequences.append(
+                    OwnedSequence(
+                        s.schema_name, s.name, s.physical_name, phys, col.physical_name, s.implicit
+                    )
+                )
+        self.apply(CreateTable(rel, tuple(constraints), tuple(indexes), tuple(sequences)))
+
+    def _constraint(
+        self,
+        registry: Registry,
+        meta: Metadata,
+        rel: Relation,
+        con: RegistryObject,
+        *,
+        attnames: dict[int, str],
+        present: bool,
+    ) -> Constraint:
+        assert con.contype is not None
+        found = meta.constraints.get((rel.schema, rel.physical, con.physical_name))
+        if found is None:
+            if present:
+                self.drift.append(
+                    f"constraint {rel.schema}.{rel.physical}.{con.physical_name} is missing"
+                )
+            found = _ConMeta(con.contype.value, (), None, ())
+        elif found.contype != con.contype.value:
+            self.drift.append(
+                f"constraint {rel.schema}.{rel.physical}.{con.physical_name} has another type"
+            )
+        cols = tuple(attnames[n] for n in found.keys if n in attnames)
+        ref_table: str | None = None
+        ref_cols: tuple[str, ...] = ()
+        if found.ref is not None:
+            target = registry.by_physical(found.ref[1])
+            if (
+                target is not None
+                and target.kind == Kind.TABLE
+                and (target.schema_name == found.ref[0])
+            ):
+                ref_table = target.physical_name
+                ref_names = meta.columns.get(found.ref, {})
+                ref_cols = tuple(ref_names[n] for n in found.ref_keys if n in ref_names)
+        return Constraint(
+            rel.schema,
+            rel.physical,
+            con.name,
+            con.physical_name,
+            con.contype.value,
+            cols,
+            ref_table,
+            ref_cols,
+            con.implicit,
+        )
+
+
+# -- loading ----------------------------------------------------------------------------
+
+
+@dataclass
+class Loaded:
+    """A parsed LOAD_SQL answer."""
+
+    registry: Registry
+    catalog: RegistryCatalog
+    snapshot: str  # pg_current_snapshot(): 'xmin:xmax:xip,...'; see snapshot_covers
+    key_check_missing: bool  # record it: store.key_check_write(master.key_check())
+    version: str = ""
+
+    @property
+    def drift(self) -> list[str]:
+        """Registry/pg_catalog differences (physical names only; safe to log)."""
+        return self.catalog.drift
+
+
+def parse_load(
+    result_sets: Sequence[ResultSet], master: MasterKey, *, cipher: NameCipher | None = None
+) -> Loaded:
+    """Build registry and catalog from LOAD_SQL's result sets (text-format values).
+
+    Raises RegistryUnavailable for an unsupported version, a master key other than
+    the registry's, or rows that do not decrypt/authenticate or are malformed.
+    """
+    if len(result_sets) != LOAD_RESULT_SETS:
+        raise RegistryUnavailable(
+            RegistryUnavailable.CORRUPT,
+            f"the pgcloak registry load returned {len(result_sets)} result sets, "
+            f"expected {LOAD_RESULT_SETS}",
+        )
+    for n, (result, width) in enumerate(zip(result_sets, _WIDTHS, strict=True), 1):
+        if any(len(row) != width for row in result):
+            raise RegistryUnavailable(
+                RegistryUnavailable.CORRUPT,
+                f"result set {n} of the pgcloak registry load has an unexpected shape",
+            )
+    snap_rows, version_rows, key_rows, object_rows = result_sets[:4]
+    try:
+        snapshot = _s(snap_rows[0][0])
+        version = _s(version_rows[0][0]) if len(version_rows) == 1 else None
+        status = RegistryStatus.from_catalog(True, version)
+        if not status.ok:
+            raise RegistryUnavailable(RegistryUnavailable.VERSION, status.describe())
+        key_check_missing = not key_rows
+        if key_rows:
+            value = _s(key_rows[0][0])
+            if not value.startswith("\\x") or bytes.fromhex(value[2:]) != master.key_check():
+                raise RegistryUnavailable(
+                    RegistryUnavailable.KEY_MISMATCH,
+                    "the pgcloak registry in this database was created with a different master key",
+                )
+        raw = [RawRow.from_text(r) for r in object_rows]
+        registry = load(raw, cipher or NameCipher.from_master(master))
+        meta = Metadata.parse(result_sets[4:])
+    except (DecryptionError, RegistryError, ValueError, IndexError, KeyError) as exc:
+        if isinstance(exc, RegistryUnavailable):
+            raise
+        raise RegistryUnavailable(
+            RegistryUnavailable.CORRUPT, f"cannot load the pgcloak registry: {_reason(exc)}"
+        ) from None
+    catalog = RegistryCatalog.build(registry, meta)
+    return Loaded(registry, catalog, snapshot, key_check_missing, status.version or "")
+
+
+def _reason(exc: Exception) -> str:
+    """A client-safe reason: our own messages carry ids/physical names at most."""
+    if isinstance(exc, DecryptionError | RegistryError):
+        return str(exc).removeprefix("cannot load the pgcloak registry: ")
+    return f"malformed data ({type(exc).__name__})"

@@ -1,0 +1,187 @@
+"""Rewriter catalog changes as registry changes: `writes_for(registry, change)`.
+
+A DDL plan says what it did in `CatalogChange` values (physical names plus the
+semantic names to register). Each one is applied to the in-memory `Registry` here,
+which returns the `Write`s to send in the same transaction as the DDL. Objects are
+found by physical name; a change that names something the registry lacks means
+registry and catalog diverged, and raises `ChangeMismatch` (physical names only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from pgcloak.registry.model import Kind, RegistryObject, Write
+from pgcloak.registry.store import Registry, RegistryError
+from pgcloak.rewriter.catalog import (
+    AddColumn,
+    AddConstraint,
+    CatalogChange,
+    Constraint,
+    CreateIndex,
+    CreateTable,
+    DropColumn,
+    DropConstraint,
+    DropTable,
+    Index,
+    OwnedSequence,
+    RenameColumn,
+    RenameConstraint,
+    RenameTable,
+)
+
+__all__ = ["ChangeMismatch", "writes_for", "writes_for_all"]
+
+
+class ChangeMismatch(RegistryError):
+    """A change refers to an object the registry does not have (or has twice)."""
+
+
+def _table(registry: Registry, physical: str) -> RegistryObject:
+    obj = registry.by_physical(physical)
+    if obj is None or obj.kind != Kind.TABLE:
+        raise ChangeMismatch(f"no registered table {physical}")
+    return obj
+
+
+def _child(registry: Registry, table: RegistryObject, physical: str, kind: Kind) -> RegistryObject:
+    obj = registry.by_physical(physical, table)
+    if obj is None or obj.kind != kind:
+        raise ChangeMismatch(f"no registered {kind.label} {table.physical_name}.{physical}")
+    return obj
+
+
+def _add_constraints(
+    registry: Registry, table: RegistryObject, constraints: Iterable[Constraint]
+) -> list[Write]:
+    writes: list[Write] = []
+    for con in constraints:
+        writes += registry.add(
+            Kind.CONSTRAINT,
+            con.name,
+            parent=table,
+            physical_name=con.physical,
+            contype=con.contype,
+            implicit=con.implicit,
+        ).writes
+    return writes
+
+
+def _add_indexes(
+    registry: Registry, table: RegistryObject, indexes: Iterable[Index]
+) -> list[Write]:
+    writes: list[Write] = []
+    for idx in indexes:
+        writes += registry.add(
+            Kind.INDEX,
+            idx.name,
+            schema=idx.schema,
+            parent=table,
+            physical_name=idx.physical,
+            implicit=idx.implicit,
+        ).writes
+    return writes
+
+
+def _add_sequences(
+    registry: Registry, table: RegistryObject, sequences: Iterable[OwnedSequence]
+) -> list[Write]:
+    writes: list[Write] = []
+    for seq in sequences:
+        column = _child(registry, table, seq.column, Kind.COLUMN)
+        writes += registry.add(
+            Kind.SEQUENCE,
+            seq.name,
+            schema=seq.schema,
+            parent=column,
+            physical_name=seq.physical,
+            implicit=seq.implicit,
+        ).writes
+    return writes
+
+
+def _drop_constraints(registry: Registry, constraints: Iterable[Constraint]) -> list[Write]:
+    """Drop constraints of any table; ones already gone (cascades) are skipped."""
+    writes: list[Write] = []
+    for con in constraints:
+        table = registry.by_physical(con.table)
+        found = None if table is None else registry.by_physical(con.physical, table)
+        if found is not None and found.kind == Kind.CONSTRAINT:
+            writes += registry.drop(found.id)
+    return writes
+
+
+def _next_position(registry: Registry, table: RegistryObject) -> int:
+    return max((c.position or 0 for c in registry.columns(table)), default=0) + 1
+
+
+def writes_for(registry: Registry, change: CatalogChange) -> list[Write]:
+    """Apply one plan change to `registry` and return the registry writes for it.
+
+    Raises NameConflict (from the registry) when a semantic name is taken, and
+    ChangeMismatch when the change names an object the registry does not have.
+    """
+    match change:
+        case CreateTable(rel, cons, idxs, seqs):
+            kind = {"view": Kind.VIEW, "matview": Kind.MATVIEW}.get(rel.kind, Kind.TABLE)
+            table, writes = registry.add(kind, rel.name, schema=rel.schema,
+                                         physical_name=rel.physical)  # fmt: skip
+            for pos, col in enumerate(rel.columns, 1):
+                writes += registry.add(
+                    Kind.COLUMN, col.name, parent=table, physical_name=col.physical, position=pos
+                ).writes
+            writes += _add_constraints(registry, table, cons)
+            writes += _add_indexes(registry, table, idxs)
+            writes += _add_sequences(registry, table, seqs)
+            return writes
+        case DropTable(physical, cascaded):
+            writes = registry.drop(_table(registry, physical).id)
+            return writes + _drop_constraints(registry, cascaded)
+        case RenameTable(physical, new_name):
+            return registry.rename(_table(registry, physical).id, new_name)
+        case AddColumn(physical, col, cons, idxs, seqs):
+            table = _table(registry, physical)
+            writes = registry.add(
+                Kind.COLUMN,
+                col.name,
+                parent=table,
+                physical_name=col.physical,
+                position=_next_position(registry, table),
+            ).writes
+            writes += _add_constraints(registry, table, cons)
+            writes += _add_indexes(registry, table, idxs)
+            writes += _add_sequences(registry, table, seqs)
+            return writes
+        case DropColumn(physical, column, cons, idxs, _seqs):
+            # Owned sequences are the column's children: they go with it.
+            table = _table(registry, physical)
+            writes = _drop_constraints(registry, cons)
+            for idx in idxs:
+                found = registry.by_physical(idx.physical)
+                if found is not None and found.kind == Kind.INDEX:
+                    writes += registry.drop(found.id)
+            return writes + registry.drop(_child(registry, table, column, Kind.COLUMN).id)
+        case RenameColumn(physical, column, new_name):
+            table = _table(registry, physical)
+            return registry.rename(_child(registry, table, column, Kind.COLUMN).id, new_name)
+        case AddConstraint(con):
+            return _add_constraints(registry, _table(registry, con.table), [con])
+        case DropConstraint(physical, constraint, cascaded):
+            table = _table(registry, physical)
+            writes = registry.drop(_child(registry, table, constraint, Kind.CONSTRAINT).id)
+            return writes + _drop_constraints(registry, cascaded)
+        case RenameConstraint(physical, constraint, new_name):
+            table = _table(registry, physical)
+            found = _child(registry, table, constraint, Kind.CONSTRAINT)
+            return registry.rename(found.id, new_name)
+        case CreateIndex(idx):
+            return _add_indexes(registry, _table(registry, idx.table), [idx])
+    raise TypeError(f"not a catalog change: {type(change).__name__}")
+
+
+def writes_for_all(registry: Registry, changes: Iterable[CatalogChange]) -> list[Write]:
+    """`writes_for` over a plan's changes, in order."""
+    writes: list[Write] = []
+    for change in changes:
+        writes += writes_for(registry, change)
+    return writes
