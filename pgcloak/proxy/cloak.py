@@ -89,6 +89,7 @@ class Unit:
         "results",
         "simple",
         "tag",
+        "values",
         "write",
     )
 
@@ -108,6 +109,7 @@ class Unit:
         self.hidden = hidden  # swallow every response
         self.output: tuple[str, ...] | None = None  # RowDescription names by position
         self.explain = False
+        self.values = False  # a system-catalog query: map physical names in its rows
         self.tag: str | None = None  # CommandComplete tag to report instead
         self.hold = False  # keep the CommandComplete until the registry write completes
         self.write = False  # a registry write
@@ -126,6 +128,7 @@ class Prepared:
     tag: str | None = None  # registry-only: the tag to report
     writes: str | None = None  # DO block to run after the first Execute (DDL)
     explain: bool = False
+    values: bool = False
 
 
 class CloakContext:
@@ -269,7 +272,9 @@ class CloakSession:
         if table is None:
             return
         head = self.units[0] if self.units else None
-        need = head is not None and (head.hidden or head.explain or head.kind == U_INTERNAL)
+        need = head is not None and (
+            head.hidden or head.explain or head.values or head.kind == U_INTERNAL
+        )
         table[68] = self._s_data_row if need else None
 
     # ------------------------------------------------------------------ startup
@@ -529,6 +534,7 @@ class CloakSession:
                     text = self._writes(plan)
                 else:
                     unit = Unit(U_STEP, plan=plan, offset=length)
+                    unit.values = plan.maps_values
                     text = plan.sql
                     if plan.cloaked:
                         unit.output = self._output(plan)
@@ -560,14 +566,12 @@ class CloakSession:
         out.append(frame(b"Q", text.encode() + b"\0") if text != sql else raw_query(raw))
 
     def _output(self, plan: Plan) -> tuple[str, ...] | None:
-        execute = getattr(plan, "execute", None)
-        if execute is not None:
-            return self.sql_prepared.get(execute)
-        prepare = getattr(plan, "prepare", None)
-        if prepare is not None:
-            self.sql_prepared[prepare] = plan.output_names
+        if plan.execute is not None:
+            return self.sql_prepared.get(plan.execute)
+        if plan.prepare is not None:
+            self.sql_prepared[plan.prepare] = plan.output_names
             return None
-        deallocate = getattr(plan, "deallocate", None)
+        deallocate = plan.deallocate
         if deallocate is not None:
             if deallocate == "*":
                 self.sql_prepared.clear()
@@ -595,6 +599,7 @@ class CloakSession:
                     text = self._writes(plan)
                 else:
                     text = plan.sql
+                    prepared.values = plan.maps_values
                     if plan.cloaked:
                         prepared.output = self._output(plan)
                         prepared.explain = plan.statement == "ExplainStmt"
@@ -625,6 +630,7 @@ class CloakSession:
         unit.plan = prepared.plan
         unit.output = prepared.output
         unit.explain = prepared.explain
+        unit.values = prepared.values
         unit.tag = prepared.tag
         unit.write = prepared.tag is not None
         self._push(unit)
@@ -696,6 +702,8 @@ class CloakSession:
             return b""
         if head.explain:
             return self.unmasker().explain_row(buf[start + 5 : end])
+        if head.values:
+            return self.unmasker().values_row(buf[start + 5 : end])
         return None
 
     def _s_complete(self, buf: bytes, start: int, end: int) -> bytes | None:

@@ -8,6 +8,7 @@ from the session state machine so that each mapping can be tested byte for byte.
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Mapping, Sequence
 
@@ -19,6 +20,7 @@ from pgcloak.rewriter import Catalog, CloakError
 __all__ = ["Unmasker", "decode_fields", "encode_fields", "error_from_cloak"]
 
 _FIELD = struct.Struct("!IhIhih")
+_PHYSICAL = re.compile(rb"[tciksvm][0-9a-f]{20}")
 _I16 = struct.Struct("!h")
 
 
@@ -87,27 +89,64 @@ class Unmasker:
                     return col.name
         return self.names.get(physical, physical)
 
+    def values_row(self, body: bytes) -> bytes | None:
+        """A DataRow of a system-catalog query with physical names shown as semantic ones.
+
+        A value that is exactly a physical name (relname, attname, conname) becomes the
+        bare semantic name; SQL text (pg_get_indexdef, defaults) is unmasked with quoting.
+        Returns None when nothing changed (the row passes as it came).
+        """
+        if _PHYSICAL.search(body) is None:
+            return None
+        values = _row_values(body)
+        out: list[bytes | None] = []
+        for raw in values:
+            if raw is None or _PHYSICAL.search(raw) is None:
+                out.append(raw)
+                continue
+            try:
+                text = raw.decode()
+            except UnicodeDecodeError:
+                out.append(raw)
+                continue
+            exact = self.names.get(text)
+            out.append((exact if exact is not None else unmask_sql(text, self.names)).encode())
+        return _data_row(out)
+
     def explain_row(self, body: bytes) -> bytes:
         """A DataRow of EXPLAIN output with physical names replaced (text format only)."""
-        count = _I16.unpack_from(body, 0)[0]
-        pos = 2
         values: list[bytes | None] = []
-        for _ in range(count):
-            ln = int.from_bytes(body[pos : pos + 4], "big", signed=True)
-            pos += 4
-            if ln < 0:
+        for raw in _row_values(body):
+            if raw is None:
                 values.append(None)
                 continue
-            raw = body[pos : pos + ln]
-            pos += ln
             try:
                 values.append(unmask_sql(raw.decode(), self.names).encode())
             except UnicodeDecodeError:
                 values.append(raw)
-        out = _I16.pack(len(values))
-        for v in values:
-            out += b"\xff\xff\xff\xff" if v is None else len(v).to_bytes(4, "big") + v
-        return frame(b"D", out)
+        return _data_row(values)
+
+
+def _row_values(body: bytes) -> list[bytes | None]:
+    count = _I16.unpack_from(body, 0)[0]
+    pos = 2
+    values: list[bytes | None] = []
+    for _ in range(count):
+        ln = int.from_bytes(body[pos : pos + 4], "big", signed=True)
+        pos += 4
+        if ln < 0:
+            values.append(None)
+            continue
+        values.append(body[pos : pos + ln])
+        pos += ln
+    return values
+
+
+def _data_row(values: Sequence[bytes | None]) -> bytes:
+    out = [_I16.pack(len(values))]
+    for v in values:
+        out.append(b"\xff\xff\xff\xff" if v is None else len(v).to_bytes(4, "big") + v)
+    return frame(b"D", b"".join(out))
 
 
 def rename_fields(body: bytes, output: Sequence[str] | None, names: Mapping[str, str]) -> bytes:

@@ -12,13 +12,15 @@ Rewritten (when they touch a cloaked object; otherwise sent unchanged minus comm
   DISTINCT ON, FOR UPDATE OF, VALUES; functions in FROM (plain calls only);
 * INSERT (column list, VALUES/SELECT, ON CONFLICT cols / ON CONSTRAINT, RETURNING),
   UPDATE (SET incl. (a, b) = ..., FROM, RETURNING), DELETE (USING, RETURNING), EXPLAIN;
+* MERGE (15's forms), COPY (table, column list, FORCE_* lists, WHERE, (query); not
+  HEADER on COPY TO), PREPARE/EXECUTE/DEALLOCATE (copy_merge.py, prepare.py);
 * CREATE TABLE (columns, defaults, NOT NULL, CHECK, UNIQUE, PRIMARY KEY, REFERENCES,
   serial/identity; every constraint gets an explicit physical name), DROP TABLE,
   ALTER TABLE (ADD/DROP COLUMN, ADD/DROP CONSTRAINT, ALTER COLUMN TYPE/DEFAULT/
   NOT NULL), CREATE INDEX, TRUNCATE; RENAME table/column/constraint is registry-only
   (``plan.sql is None``).
 
-Refused on cloaked objects (0A000): other statement types (views, COPY, COMMENT,
+Refused on cloaked objects (0A000): other statement types (views, COMMENT,
 GRANT, functions/DO bodies naming cloaked tables, ...), temporary/partitioned/
 inherited tables, EXCLUDE constraints, XML/JSON constructs, ROWS FROM, aliased
 joins, USING/NATURAL over columns with different physical names, unqualified

@@ -26,9 +26,9 @@ from pgcloak.rewriter.catalog import (
 )
 from pgcloak.rewriter.plan import CloakError
 from pgcloak.rewriter.scope import Col, Item, Node, Scope, node_kind
-from pgcloak.rewriter.tokens import EditSet, TokenStream, fold_identifier
+from pgcloak.rewriter.tokens import EditSet, TokenStream, fold_identifier, quote_ident
 
-__all__ = ["Analyzer"]
+__all__ = ["Analyzer", "split_qualified"]
 
 _DOT, _COMMA, _LPAR, _RPAR, _STAR = "ASCII_46", "ASCII_44", "ASCII_40", "ASCII_41", "ASCII_42"
 # Functions whose text arguments name relations (regclass-style references).
@@ -39,6 +39,27 @@ _RELNAME_FUNCS = frozenset(
      "has_column_privilege", "has_sequence_privilege", "has_any_column_privilege"}
 )  # fmt: skip
 _QUALNAME_PART = re.compile(r'\s*(?:"((?:[^"]|"")*)"|([^".\s]+))\s*')
+
+
+def split_qualified(value: str) -> list[str] | None:
+    """'schema.name' / '"Name"' as PostgreSQL's regclass input reads it; None if not a name."""
+    parts: list[str] = []
+    pos = 0
+    while pos <= len(value):
+        m = _QUALNAME_PART.match(value, pos)
+        if m is None:
+            return None
+        parts.append(m.group(1).replace('""', '"') if m.group(1) is not None
+                     else fold_identifier(m.group(2)))  # fmt: skip
+        pos = m.end()
+        if pos >= len(value):
+            break
+        if value[pos] != ".":
+            return None
+        pos += 1
+    return parts if 1 <= len(parts) <= 3 else None
+
+
 # Expression nodes that hold no names, and those whose children are all expressions.
 _LEAVES = frozenset({"A_Const", "ParamRef", "SQLValueFunction", "SetToDefault", "CurrentOfExpr"})
 _CHILDREN = {
@@ -213,31 +234,30 @@ class Analyzer(ABC):
     # -- strings naming relations ---------------------------------------------------
 
     def check_relname_string(self, value: str, tok: int | None) -> None:
-        """Refuse a string literal that names a cloaked relation ('customers'::regclass)."""
-        parts: list[str] = []
-        pos = 0
-        while pos <= len(value):
-            m = _QUALNAME_PART.match(value, pos)
-            if m is None:
-                return
-            parts.append(m.group(1).replace('""', '"') if m.group(1) is not None
-                         else fold_identifier(m.group(2)))  # fmt: skip
-            pos = m.end()
-            if pos >= len(value):
-                break
-            if value[pos] != ".":
-                return
-            pos += 1
+        """Rewrite a string literal naming a cloaked relation ('customers'::regclass).
+
+        In a regclass position the text is a name, so it gets the physical name; a
+        literal that cannot be located is refused rather than sent as written.
+        """
+        parts = split_qualified(value)
+        if parts is None:
+            return
         schemas: Iterable[str] = self.search_path if len(parts) == 1 else parts[-2:-1]
         for schema in schemas:
-            if self.catalog.relation_physical(schema, parts[-1]) is not None:
-                self.touched = True
+            physical = self.catalog.relation_physical(schema, parts[-1])
+            if physical is None:
+                continue
+            self.touched = True
+            if tok is None or self.ts.name(tok) != "SCONST":
                 raise CloakError(
                     "0A000",
-                    "pgcloak does not support naming cloaked objects in string literals "
-                    "(regclass and similar)",
-                    self.ts.pos(tok) if tok is not None else None,
+                    "pgcloak does not support naming cloaked objects in this kind of string "
+                    "literal (regclass and similar)",
                 )
+            prefix = f"{quote_ident(parts[-2])}." if len(parts) > 1 else ""
+            literal = (prefix + quote_ident(physical)).replace("'", "''")
+            self.edits.replace[tok] = f"'{literal}'"
+            return
 
     def string_const(self, node: Node) -> tuple[str, int] | None:
         kind, body = node_kind(node)

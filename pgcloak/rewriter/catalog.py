@@ -24,9 +24,11 @@ __all__ = [
     "Constraint",
     "CreateIndex",
     "CreateTable",
+    "CreateView",
     "DropColumn",
     "DropConstraint",
     "DropTable",
+    "DropView",
     "Index",
     "MemoryCatalog",
     "OwnedSequence",
@@ -34,6 +36,8 @@ __all__ = [
     "RenameColumn",
     "RenameConstraint",
     "RenameTable",
+    "ReplaceView",
+    "SetComment",
     "creation_schema",
     "find_relation",
     "uncloaked_exists",
@@ -51,13 +55,20 @@ class Column:
 
 @dataclass(frozen=True)
 class Relation:
-    """A cloaked table or view; `columns` in attribute order (what `*` expands to)."""
+    """A cloaked table or view; `columns` in attribute order (what `*` expands to).
+
+    `kind` is "table", "view" or "matview". For views, `reads` lists what the
+    defining query reads: physical names of cloaked relations and the bare names of
+    uncloaked ones; PostgreSQL drops the view with any of them (CASCADE). None means
+    unknown (e.g. loaded without dependency data): then CASCADE drops are refused.
+    """
 
     schema: str
     name: str = field(repr=False)
     physical: str
     columns: tuple[Column, ...]
     kind: str = "table"
+    reads: tuple[str, ...] | None = None
 
     def column(self, name: str) -> Column | None:
         for col in self.columns:
@@ -196,6 +207,47 @@ class CreateIndex:
     index: Index
 
 
+@dataclass(frozen=True)
+class CreateView:
+    """A new view or materialized view (`view.kind`) with its columns and `reads`."""
+
+    view: Relation
+
+
+@dataclass(frozen=True)
+class ReplaceView:
+    """CREATE OR REPLACE VIEW of a cloaked view: `columns` appended, `reads` replaced."""
+
+    view: str
+    columns: tuple[Column, ...] = ()
+    reads: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DropView:
+    """Drop a view or materialized view with its columns (and a matview's indexes).
+
+    Views dropped by CASCADE come as further DropView changes of the same plan.
+    """
+
+    view: str
+
+
+@dataclass(frozen=True)
+class SetComment:
+    """COMMENT ON a cloaked object: kept in the registry only, never in pg_description.
+
+    `kind` is the registry kind letter (t table, v view, m matview, c column,
+    k constraint, i index, s sequence); `parent_physical` is the relation of a
+    column or constraint (None for relations). `comment` None removes it.
+    """
+
+    kind: str
+    physical: str
+    parent_physical: str | None = None
+    comment: str | None = field(default=None, repr=False)
+
+
 CatalogChange = (
     CreateTable
     | DropTable
@@ -207,6 +259,10 @@ CatalogChange = (
     | DropConstraint
     | RenameConstraint
     | CreateIndex
+    | CreateView
+    | ReplaceView
+    | DropView
+    | SetComment
 )
 
 
@@ -246,6 +302,13 @@ class Catalog(Protocol):
 
     def sensitive_names(self) -> Collection[str]:
         """Semantic names of every cloaked relation, index, sequence and constraint."""
+        ...
+
+    def dependent_views(self, relation: str) -> Sequence[Relation] | None:
+        """Cloaked views whose query reads `relation` directly; None if it can't tell.
+
+        `relation` is a cloaked relation's physical name or an uncloaked one's name.
+        """
         ...
 
     def has_uncloaked(self, schema: str, name: str) -> bool | None:
@@ -315,6 +378,7 @@ class MemoryCatalog:
         self._cons: dict[str, list[Constraint]] = {}
         self._idx: dict[str, list[Index]] = {}
         self._seqs: dict[str, list[OwnedSequence]] = {}
+        self._comments: dict[tuple[str, str | None, str], str] = {}
         self._sensitive: frozenset[str] | None = None
 
     # -- Catalog --------------------------------------------------------------------
@@ -393,6 +457,20 @@ class MemoryCatalog:
             return None
         return (schema, name) in self._uncloaked
 
+    def dependent_views(self, relation: str) -> Sequence[Relation] | None:
+        found = []
+        for rel in self._by_phys.values():
+            if rel.kind in ("view", "matview"):
+                if rel.reads is None:
+                    return None
+                if relation in rel.reads:
+                    found.append(rel)
+        return tuple(found)
+
+    def comment(self, kind: str, physical: str, parent_physical: str | None = None) -> str | None:
+        """The comment SetComment recorded (tests; the proxy keeps them in the registry)."""
+        return self._comments.get((kind, parent_physical, physical))
+
     # -- changes --------------------------------------------------------------------
 
     def add_relation(self, rel: Relation) -> None:
@@ -427,6 +505,17 @@ class MemoryCatalog:
             cons = self._cons.get(con.table, [])
             cons[:] = [c for c in cons if c.physical != con.physical]
 
+    def _drop_relation(self, physical: str) -> None:
+        rel = self._rel(physical)
+        del self._rels[(rel.schema, rel.name)]
+        del self._by_phys[physical]
+        for store in (self._cons, self._idx, self._seqs):
+            store.pop(physical, None)
+        if self._comments:
+            self._comments = {
+                k: v for k, v in self._comments.items() if physical not in (k[1], k[2])
+            }
+
     def _apply(self, change: CatalogChange) -> None:
         match change:
             case CreateTable(table, cons, idxs, seqs):
@@ -435,11 +524,7 @@ class MemoryCatalog:
                 self._idx.setdefault(table.physical, []).extend(idxs)
                 self._seqs.setdefault(table.physical, []).extend(seqs)
             case DropTable(table, cons):
-                rel = self._rel(table)
-                del self._rels[(rel.schema, rel.name)]
-                del self._by_phys[table]
-                for store in (self._cons, self._idx, self._seqs):
-                    store.pop(table, None)
+                self._drop_relation(table)
                 self._drop_constraints(cons)
             case RenameTable(table, new_name):
                 self._put(replace(self._rel(table), name=new_name))
@@ -453,6 +538,7 @@ class MemoryCatalog:
                 rel = self._rel(table)
                 cols = tuple(c for c in rel.columns if c.physical != column)
                 self._put(replace(rel, columns=cols))
+                self._comments.pop(("c", table, column), None)
                 self._drop_constraints(cons)
                 gone_i = {i.physical for i in idxs}
                 self._idx[table] = [i for i in self._idx.get(table, []) if i.physical not in gone_i]
@@ -470,6 +556,7 @@ class MemoryCatalog:
                 self._rel(con.table)
                 self._cons.setdefault(con.table, []).append(con)
             case DropConstraint(table, physical, cascaded):
+                self._comments.pop(("k", table, physical), None)
                 kept = self._cons.get(table, [])
                 kept[:] = [c for c in kept if c.physical != physical]
                 self._drop_constraints(cascaded)
@@ -482,3 +569,16 @@ class MemoryCatalog:
             case CreateIndex(index):
                 self._rel(index.table)
                 self._idx.setdefault(index.table, []).append(index)
+            case CreateView(view):
+                self._put(view)
+            case ReplaceView(view, columns, reads):
+                rel = self._rel(view)
+                self._put(replace(rel, columns=(*rel.columns, *columns), reads=reads))
+            case DropView(view):
+                self._drop_relation(view)
+            case SetComment(kind, physical, parent, text):
+                key = (kind, parent, physical)
+                if text is None:
+                    self._comments.pop(key, None)
+                else:
+                    self._comments[key] = text

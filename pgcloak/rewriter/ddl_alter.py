@@ -394,3 +394,33 @@ def _index_name(
         a.edits.add_before(tok, f"{phys} ")
     index = Index(rel.schema, rel.physical, sem, phys, involved, bool(body.get("unique")), implicit)
     a.changes.append(CreateIndex(index))
+
+
+def vacuum(a: Analyzer, body: Node) -> None:
+    """VACUUM / ANALYZE [rel [(cols)], ...]: relation and column names become physical."""
+    for vr in body.get("rels", ()):
+        rel_node = vr["VacuumRelation"]
+        rv = rel_node.get("relation")
+        if rv is None:
+            raise CloakError("0A000", "pgcloak does not support VACUUM by OID")
+        rel, tok = _relation(a, rv)
+        names = [c["String"]["sval"] for c in rel_node.get("va_cols", ())]
+        if not names:
+            continue
+        toks = a.ident_list(tok + 1, names)
+        for name, t in zip(names, toks, strict=True):
+            col = rel.column(name) if rel is not None else None
+            if rel is not None and col is None:
+                raise CloakError(
+                    "42703", f'column "{name}" of relation "{rel.name}" does not exist', a.ts.pos(t)
+                )
+            if col is not None:
+                a.rename(t, col.physical)
+            else:
+                a.kept.add(t)
+
+
+def lock(a: Analyzer, body: Node) -> None:
+    """LOCK [TABLE] rel, ...: relation names become physical."""
+    for rv in body.get("relations", ()):
+        _relation(a, rv["RangeVar"])

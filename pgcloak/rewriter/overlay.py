@@ -18,9 +18,11 @@ from pgcloak.rewriter.catalog import (
     Constraint,
     CreateIndex,
     CreateTable,
+    CreateView,
     DropColumn,
     DropConstraint,
     DropTable,
+    DropView,
     Index,
     MemoryCatalog,
     OwnedSequence,
@@ -28,6 +30,7 @@ from pgcloak.rewriter.catalog import (
     RenameColumn,
     RenameConstraint,
     RenameTable,
+    ReplaceView,
 )
 
 __all__ = ["OverlayCatalog"]
@@ -50,7 +53,11 @@ def _tables(change: CatalogChange) -> set[str]:
             return {index.table}
         case AddColumn(table) | RenameTable(table) | RenameColumn(table) | RenameConstraint(table):
             return {table}
-    return set()  # pragma: no cover - exhaustive above
+        case CreateView(view):
+            return {view.physical}
+        case ReplaceView(view) | DropView(view):
+            return {view}
+    return set()  # SetComment: comments play no part in planning
 
 
 class OverlayCatalog(MemoryCatalog):
@@ -151,3 +158,10 @@ class OverlayCatalog(MemoryCatalog):
 
     def has_uncloaked(self, schema: str, name: str) -> bool | None:
         return self._base.has_uncloaked(schema, name)
+
+    def dependent_views(self, relation: str) -> Sequence[Relation] | None:
+        base = self._base.dependent_views(relation)
+        mine = super().dependent_views(relation)
+        if base is None or mine is None:
+            return None
+        return [v for v in base if v.physical not in self._touched] + list(mine)

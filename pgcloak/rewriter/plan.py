@@ -91,6 +91,13 @@ class Plan:
       RowDescription; None means "leave names as the server sends them".
     * `changes`: catalog changes implied by a DDL, to apply after it succeeds.
     * `cloaked`: the statement touched cloaked objects (and was rewritten).
+    * `maps_values`: the statement reads pg_catalog/information_schema; values in
+      its rows that are physical names are to be shown as semantic names.
+    * `prepare` / `execute` / `deallocate`: the SQL-level prepared statement that
+      PREPARE defines (`output_names` are then its query's output names, to
+      remember per session), EXECUTE runs (`output_names` None: use the names
+      remembered at PREPARE) or DEALLOCATE drops ("*" for ALL). They depend on
+      the statement text only, so such plans are as cacheable as any other.
     """
 
     statement: str
@@ -102,6 +109,10 @@ class Plan:
     changes: tuple[CatalogChange, ...] = ()
     command_tag: str | None = None
     cloaked: bool = False
+    prepare: str | None = field(default=None, repr=False)
+    execute: str | None = field(default=None, repr=False)
+    deallocate: str | None = field(default=None, repr=False)
+    maps_values: bool = False  # reads the system catalogs: map physical names in its rows
 
     @property
     def registry_only(self) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from pgcloak.rewriter import dml
+from pgcloak.rewriter import copy_merge, dml, prepare
 from pgcloak.rewriter.analyze import Analyzer, _sval
 from pgcloak.rewriter.plan import CloakError
 from pgcloak.rewriter.scope import Col, Cte, Item, Node, Scope, Target, figure_colname, node_kind
@@ -43,6 +43,11 @@ class QueryAnalyzer(Analyzer):
             return dml.update(self, body, parent)
         if kind == "DeleteStmt":
             return dml.delete(self, body, parent)
+        if kind == "MergeStmt":
+            return copy_merge.merge(self, body, parent)
+        if kind == "ExecuteStmt":  # EXPLAIN EXECUTE, CREATE TABLE AS EXECUTE
+            prepare.execute(self, body)
+            return None
         self.unsupported(kind, node)
         return None
 

@@ -19,12 +19,13 @@ from typing import Any
 
 from pglast import parser
 
-from pgcloak.rewriter import ddl, ddl_alter
+from pgcloak.rewriter import copy_merge, ddl, ddl_alter, ddl_view, prepare
 from pgcloak.rewriter.catalog import DEFAULT_SEARCH_PATH, Catalog
 from pgcloak.rewriter.overlay import OverlayCatalog
 from pgcloak.rewriter.plan import CloakError, Plan
 from pgcloak.rewriter.query import QueryAnalyzer
 from pgcloak.rewriter.scope import node_kind
+from pgcloak.rewriter.template import Template, shape_of
 from pgcloak.rewriter.tokens import EditSet, TokenStream
 
 __all__ = ["Rewriter", "plan_query"]
@@ -34,7 +35,9 @@ _PASSTHROUGH = frozenset(
     {"TransactionStmt", "VariableSetStmt", "VariableShowStmt", "DiscardStmt", "ListenStmt",
      "UnlistenStmt", "NotifyStmt", "CheckPointStmt", "DeallocateStmt"}
 )  # fmt: skip
-_QUERIES = frozenset({"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt"})
+_QUERIES = frozenset({"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
+_CATALOG_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
+_ANCHORED = re.compile(r"\^\((.*)\)\$")
 _WORD = re.compile(r"[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*")
 
 
@@ -87,6 +90,7 @@ def plan_query(
         except (KeyError, IndexError, TypeError, ValueError, RecursionError):
             # A parse tree shape the analyzer does not expect: refuse, never guess.
             raise CloakError("0A000", "pgcloak could not analyze this statement") from None
+        plan = prepare.finish(plan, raw["stmt"], current)
         plans.append(plan)
         if plan.changes:  # later statements see this one's effect (see overlay.py)
             if overlay is None:
@@ -119,6 +123,8 @@ def _plan_statement(
         )
     elif kind == "ExplainStmt":
         a.statement(body["query"], None)
+    elif (handler := ddl_view.handler(kind, body)) is not None:
+        handler(a, body)  # views, COMMENT, GRANT, DROP ... CASCADE (ddl_view.py, ddl_misc.py)
     elif kind == "CreateStmt":
         ddl.create_table(a, body)
     elif kind == "AlterTableStmt":
@@ -131,12 +137,24 @@ def _plan_statement(
         ddl_alter.create_index(a, body)
     elif kind == "TruncateStmt":
         ddl_alter.truncate(a, body)
+    elif kind == "VacuumStmt":
+        ddl_alter.vacuum(a, body)
+    elif kind == "LockStmt":
+        ddl_alter.lock(a, body)
+    elif kind == "CopyStmt":
+        copy_merge.copy(a, body)
+    elif kind in prepare.KINDS:
+        out, returns_rows = prepare.analyze(a, kind, body)
     elif kind not in _PASSTHROUGH:
         _generic(a, stmt, kind)
     source = ts.text[start:end]
     if a.touched and a.deferred is not None:
         raise a.deferred
     if not a.touched:
+        if kind in _QUERIES and _mentions_catalog(a):
+            edits = _catalog_literals(a)
+            text, pmap = edits.apply(ts, start, end)
+            return Plan(kind, source, (start, end), text, pmap, maps_values=True)
         text, pmap = EditSet().apply(ts, start, end)
         return Plan(kind, source, (start, end), text, pmap)
     if a.registry_only is None:
@@ -156,6 +174,36 @@ def _plan_statement(
         return Plan(kind, source, (start, end), None, pmap, None, tuple(a.changes),
                     a.registry_only, cloaked=True)  # fmt: skip
     return Plan(kind, source, (start, end), text, pmap, output, tuple(a.changes), cloaked=True)
+
+
+def _mentions_catalog(a: QueryAnalyzer) -> bool:
+    ts = a.ts
+    return any(ts.value(i) in _CATALOG_SCHEMAS for i in range(a.lo, a.hi))
+
+
+def _catalog_literals(a: QueryAnalyzer) -> EditSet:
+    """In a query over the system catalogs, literals spelling a cloaked relation's name
+    (``relname = 'customers'``, psql's ``'^(customers)$'``) are given the physical name,
+    so catalog lookups by ORMs, psql and pgbench find the cloaked objects."""
+    ts = a.ts
+    edits = EditSet()
+    for i in range(a.lo, a.hi):
+        if ts.toks[i].name != "SCONST":
+            continue
+        raw = ts.raw(i)
+        if len(raw) < 2 or raw[0] != "'" or raw[-1] != "'":
+            continue
+        value = raw[1:-1].replace("''", "'")
+        anchored = _ANCHORED.fullmatch(value)
+        name = anchored.group(1) if anchored else value
+        if not name or len(name) > 63:
+            continue
+        for schema in a.search_path:
+            physical = a.catalog.relation_physical(schema, name)
+            if physical is not None:
+                edits.replace[i] = "'" + (f"^({physical})$" if anchored else physical) + "'"
+                break
+    return edits
 
 
 def _generic(a: QueryAnalyzer, stmt: dict[str, Any], kind: str) -> None:
@@ -213,30 +261,54 @@ class Rewriter:
 
     Plans that change the catalog (DDL with fresh physical names) and refusals
     are not cached: DDL must get fresh names each time, and refusals are cheap.
+    On a miss, a second cache keyed by the statement's literal-free shape lets
+    statements that differ only in their literals share one analysis (template.py).
     """
 
     def __init__(self, cache_size: int = 1024) -> None:
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[object, ...], tuple[Plan, ...]] = OrderedDict()
+        self._templates: OrderedDict[tuple[object, ...], Template] = OrderedDict()
         self.hits = 0
         self.misses = 0
+        self.template_hits = 0
 
     def plan(
         self, sql: str, catalog: Catalog, search_path: Sequence[str] = DEFAULT_SEARCH_PATH
     ) -> tuple[Plan, ...]:
-        key = (sql, id(catalog), catalog.version, tuple(search_path))
+        context = (id(catalog), catalog.version, tuple(search_path))
+        key = (sql, *context)
         cached = self._cache.get(key)
         if cached is not None:
             self._cache.move_to_end(key)
             self.hits += 1
             return cached
         self.misses += 1
+        shape = shape_of(sql)
+        tkey: tuple[object, ...] = () if shape is None else (shape.key, *context)
+        if shape is not None:
+            template = self._templates.get(tkey)
+            if template is not None:
+                self._templates.move_to_end(tkey)
+                self.template_hits += 1
+                return (template.instantiate(sql, shape),)
         plans = plan_query(sql, catalog, search_path)
         if all(not p.changes and p.sql is not None for p in plans):
-            self._cache[key] = plans
-            if len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+            self._remember(key, plans)
+            if shape is not None and len(plans) == 1 and plans[0].statement in _QUERIES:
+                template = Template.build(sql, shape, plans[0])
+                if template is not None:
+                    self._templates[tkey] = template
+                    if len(self._templates) > self.cache_size:
+                        self._templates.popitem(last=False)
+        return plans
+
+    def _remember(self, key: tuple[object, ...], plans: tuple[Plan, ...]) -> tuple[Plan, ...]:
+        self._cache[key] = plans
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
         return plans
 
     def clear(self) -> None:
         self._cache.clear()
+        self._templates.clear()
