@@ -41,5 +41,6 @@ class Config:
     mode: str = "prod"  # prod never logs semantic names or values; dev may
     workers: int = 1  # processes sharing the listen port (SO_REUSEPORT)
     cloak: str = "auto"  # on | off | auto (on when a master key is configured)
+    cloak_tables: tuple[str, ...] = ("*.*",)  # schema.table patterns of tables to cloak
     master_key_file: str | None = None  # else $PGCLOAK_MASTER_KEY / $PGCLOAK_MASTER_KEY_FILE
     config_file: str | None = None

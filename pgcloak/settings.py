@@ -166,6 +166,13 @@ OPTIONS: tuple[Option, ...] = (
         _D.cloak,
     ),
     Option(
+        "cloak_tables",
+        "PATTERNS",
+        "which new tables are cloaked: comma-separated schema.table patterns with * "
+        "wildcards (a bare name means schema.*); others are created as written",
+        "*",
+    ),
+    Option(
         "master_key_file",
         "PATH",
         "file holding the base64 master key (mode 0600); else $PGCLOAK_MASTER_KEY or "
@@ -460,6 +467,22 @@ def _optional_str(value: object) -> str | None:
     return _as_str(value).strip() or None
 
 
+def _patterns(value: object) -> tuple[str, ...]:
+    """'public.*, app.orders' or a TOML list -> ('public.*', 'app.orders'); '*' = all."""
+    items = value if isinstance(value, list) else _as_str(value).split(",")
+    out: list[str] = []
+    for item in items:
+        text = _as_str(item).strip()
+        if not text:
+            continue
+        if text.count(".") > 1:
+            raise _Invalid(f"{text!r} is not a schema or schema.table pattern")
+        out.append(text if "." in text else f"{text}.*")
+    if not out:
+        raise _Invalid("expected at least one schema.table pattern ('*' for every table)")
+    return tuple(out)
+
+
 _PARSERS: dict[str, Callable[[object], object]] = {
     "listen": _host_port,
     "admin": _admin,
@@ -479,6 +502,7 @@ _PARSERS: dict[str, Callable[[object], object]] = {
     "mode": _choice(MODES),
     "workers": _workers,
     "cloak": _choice(CLOAK_MODES),
+    "cloak_tables": _patterns,
     "master_key_file": _optional_str,
 }
 _PATH_KEYS = (
@@ -677,6 +701,7 @@ def _build(values: dict[str, object], url: _Url | None, config_file: str | None)
         mode=cast(str, values.get("mode", d.mode)),
         workers=cast(int, values.get("workers", d.workers)),
         cloak=cast(str, values.get("cloak", d.cloak)),
+        cloak_tables=cast(tuple[str, ...], values.get("cloak_tables", d.cloak_tables)),
         master_key_file=cast(str | None, values.get("master_key_file", d.master_key_file)),
         config_file=config_file,
     )

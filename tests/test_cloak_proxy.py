@@ -258,3 +258,66 @@ def test_notifications_of_the_registry_stay_hidden(
         time.sleep(0.2)
         b.execute("SELECT 1")
         assert seen == ["app_events"]
+
+
+def test_temporary_tables_are_created_as_written(
+    cloak_proxy: ProxyProcess, cloaked_db: str
+) -> None:
+    with connect(cloak_proxy, cloaked_db) as conn:
+        conn.execute("CREATE TABLE people (id int, name text)")
+        conn.execute("INSERT INTO people VALUES (1, 'Ann')")
+        conn.execute("CREATE TEMP TABLE scratch (id int, note text)")
+        conn.execute("INSERT INTO scratch VALUES (1, 'temp row')")
+        cur = conn.execute("SELECT p.name, s.note FROM people p JOIN scratch s ON s.id = p.id")
+        assert cur.fetchall() == [("Ann", "temp row")]
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            conn.execute("CREATE TEMP TABLE leaky AS SELECT name FROM people")
+
+
+def test_only_configured_tables_are_cloaked(
+    pg: PgServer,
+    proxy_factory: Callable[..., ProxyProcess],
+    cloaked_db: str,
+    master_key: str,
+) -> None:
+    proxy = proxy_factory(
+        pg.upstream_url(),
+        "--cloak-tables",
+        "secret.*, public.vault",
+        env={"PGCLOAK_MASTER_KEY": master_key},
+    )
+    with connect(proxy, cloaked_db) as conn:
+        conn.execute("CREATE SCHEMA secret")
+        conn.execute("CREATE TABLE secret.keys (k text)")
+        conn.execute("CREATE TABLE public.vault (v text)")
+        conn.execute("CREATE TABLE public.open_data (o text)")
+        conn.execute("INSERT INTO open_data VALUES ('visible')")
+        assert conn.execute("SELECT o FROM open_data").fetchall() == [("visible",)]
+        conn.execute("INSERT INTO secret.keys SELECT o FROM open_data")
+        assert conn.execute("SELECT k FROM secret.keys").fetchall() == [("visible",)]
+    names = user_relnames(pg, cloaked_db)
+    assert "open_data" in names
+    assert "keys" not in names and "vault" not in names
+
+
+def test_dev_mode_logs_rewrites_prod_never(
+    pg: PgServer,
+    proxy_factory: Callable[..., ProxyProcess],
+    cloaked_db_factory: Callable[..., str],
+    master_key: str,
+) -> None:
+    env = {"PGCLOAK_MASTER_KEY": master_key}
+    for mode in ("dev", "prod"):
+        db = cloaked_db_factory()
+        proxy = proxy_factory(pg.upstream_url(), "--mode", mode, "--log-level", "DEBUG", env=env)
+        with connect(proxy, db) as conn:
+            conn.execute("CREATE TABLE marker_table_xyz (marker_column_xyz int)")
+            conn.execute("SELECT marker_column_xyz FROM marker_table_xyz WHERE 1 = 1")
+            with pytest.raises(psycopg.errors.UndefinedColumn):
+                conn.execute("SELECT marker_missing_xyz FROM marker_table_xyz")
+        proxy.stop()
+        text = proxy.log_text()
+        if mode == "dev":
+            assert "marker_column_xyz" in text
+        else:
+            assert "marker_" not in text, text

@@ -16,6 +16,7 @@ stay exactly as on a plain server, and nothing the client wrote is forwarded.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import re
 from collections import deque
@@ -25,6 +26,7 @@ from typing import Final
 
 from pgcloak.crypto.keys import MasterKey
 from pgcloak.proxy.cloak_cache import DatabaseEntry, RegistryCache
+from pgcloak.proxy.cloak_catalog import TempCatalog, as_catalog, created_relation
 from pgcloak.proxy.cloak_results import (
     Unmasker,
     decode_fields,
@@ -62,6 +64,7 @@ U_FUNC: Final = 8
 U_INTERNAL: Final = 9  # a whole internal Query, through its ReadyForQuery
 
 _ENDS: Final = {ord("1"): U_PARSE, ord("2"): U_BIND, ord("3"): U_CLOSE, ord("V"): U_FUNC}
+_CREATES = frozenset({"CreateStmt", "CreateTableAsStmt", "ViewStmt", "CreateSeqStmt"})
 _SET_PATH = re.compile(r"search_path|\ball\b", re.IGNORECASE)
 _FRONTEND_TYPES = frozenset(b"QPBDECSHFdcfX")
 _BAD_UTF8 = 'invalid byte sequence for encoding "UTF8"'
@@ -70,6 +73,10 @@ log = logging.getLogger("pgcloak.cloak")
 
 Results = list[list[list[str | None]]]
 InternalDone = Callable[[Results, dict[str, str] | None], bytes | None]
+
+
+class _Retry(Exception):
+    """Plan the current message again once the registry has been reloaded."""
 
 
 class Unit:
@@ -134,10 +141,30 @@ class Prepared:
 class CloakContext:
     """Process-wide cloaking state: key, rewriter (plan cache) and registry cache."""
 
-    def __init__(self, master: MasterKey, cache_size: int = 4096) -> None:
+    def __init__(
+        self,
+        master: MasterKey,
+        cache_size: int = 4096,
+        tables: Sequence[str] = ("*.*",),
+        dev: bool = False,
+    ) -> None:
         self.master = master
-        self.rewriter = Rewriter(cache_size)
+        self.rewriter = Rewriter(cache_size, cloak_filter=table_filter(tables))
         self.cache = RegistryCache()
+        self.dev = dev  # dev mode may log semantic names; prod never does
+
+
+def table_filter(patterns: Sequence[str]) -> Callable[[str, str], bool] | None:
+    """The rewriter's cloak filter for schema.table glob patterns (None: cloak all)."""
+    if not patterns or "*.*" in patterns or "*" in patterns:
+        return None
+    pats = tuple(patterns)
+
+    def cloaks(schema: str, table: str) -> bool:
+        name = f"{schema}.{table}"
+        return any(fnmatch.fnmatchcase(name, p) for p in pats)
+
+    return cloaks
 
 
 def _do_block(writes: Sequence[Write]) -> str:
@@ -197,6 +224,10 @@ class CloakSession:
         self.stmts: dict[bytes, Prepared] = {}
         self.portals: dict[bytes, Prepared] = {}
         self.sql_prepared: dict[str, tuple[str, ...] | None] = {}
+        self.temp: frozenset[str] = frozenset()  # temporary relations this session made
+        self._retrying = False  # this message is being planned again after a reload
+        self._parse_at_boundary = False
+        self._temp_catalog: TempCatalog | None = None
         self.tail = b""
         self.backlog: bytearray | None = bytearray()  # held client input (None: not holding)
         self.ext_open = False  # extended-protocol messages since the last Sync
@@ -241,11 +272,19 @@ class CloakSession:
         return not self.units and self.txn_status == b"I"
 
     def catalog(self) -> Catalog:
+        base: Catalog
         if self.private is not None:
-            return self.private[0]
-        loaded = self.entry.loaded
-        assert loaded is not None
-        return loaded.catalog
+            base = self.private[0]
+        else:
+            loaded = self.entry.loaded
+            assert loaded is not None
+            base = loaded.catalog
+        if not self.temp:
+            return base
+        wrapped = self._temp_catalog
+        if wrapped is None or wrapped.base is not base or wrapped.temp is not self.temp:
+            wrapped = self._temp_catalog = TempCatalog(base, self.temp)
+        return as_catalog(wrapped)
 
     def unmasker(self) -> Unmasker:
         if self.private is not None:
@@ -395,7 +434,8 @@ class CloakSession:
                 end = pos + 1 + ln
                 if end > n:
                     break
-                if (typ == 81 or (typ == 80 and not self.ext_open)) and self._needs_refresh():
+                boundary = typ == 81 or (typ == 80 and not self.ext_open)
+                if boundary and self._needs_refresh():
                     self.tail = b""
                     if out:
                         self.to_server(b"".join(out))
@@ -403,7 +443,22 @@ class CloakSession:
                     self.backlog = bytearray(buf[pos:])
                     self._refresh()
                     return
-                self._client_message(typ, buf, pos, end, out)
+                try:
+                    self._client_message(typ, buf, pos, end, out)
+                except _Retry:
+                    # An unknown relation: maybe created through another instance or
+                    # directly. Reload once, then plan this message again.
+                    self.ext_open = False
+                    self._retrying = True
+                    self.entry.stale = True
+                    self.tail = b""
+                    if out:
+                        self.to_server(b"".join(out))
+                        out = []
+                    self.backlog = bytearray(buf[pos:])
+                    self._refresh()
+                    return
+                self._retrying = False
                 pos = end
             self.tail = buf[pos:] if pos < n else b""
         finally:
@@ -420,6 +475,7 @@ class CloakSession:
             self.metrics.queries += 1
             self._query(buf[pos + 5 : end - 1], out)
         elif typ == 80:  # P
+            self._parse_at_boundary = not self.ext_open
             self.ext_open = True
             self._parse(buf, pos, end, out)
         elif typ == 66:  # B
@@ -469,7 +525,14 @@ class CloakSession:
             out.append(buf[pos:end])
 
     def _plan(self, sql: str) -> tuple[Plan, ...]:
-        return self.ctx.rewriter.plan(sql, self.catalog(), self.search_path)
+        plans = self.ctx.rewriter.plan(sql, self.catalog(), self.search_path)
+        if self.ctx.dev and log.isEnabledFor(logging.DEBUG):
+            for plan in plans:
+                if plan.cloaked:
+                    log.debug(  # allow: log-leak — dev mode only, by the operator's choice
+                        "rewrote %r -> %r", plan.source, plan.sql
+                    )
+        return plans
 
     def _writes(self, plan: Plan) -> str:
         """Apply a DDL plan's changes to this transaction's registry; the DO block to send."""
@@ -491,16 +554,32 @@ class CloakSession:
 
     def _track(self, plan: Plan) -> None:
         kind = plan.statement
+        if kind in _CREATES and not plan.cloaked:
+            made = created_relation(plan.source)
+            if made is not None and made[2]:
+                self.temp = self.temp | {made[1]}
+            elif made is not None:
+                self.entry.stale = True  # other sessions learn of the new uncloaked relation
         if kind in {"VariableSetStmt", "DiscardStmt"}:
             if _SET_PATH.search(plan.source):
                 self.path_dirty = self.set_in_txn = True
             if kind == "DiscardStmt":
                 self.listen_dirty = True
                 self.sql_prepared.clear()
+                self.temp = frozenset()
         elif kind == "UnlistenStmt":
             self.listen_dirty = True
 
     def _refuse(self, err: CloakError, out: list[bytes], name: bytes | None = None) -> None:
+        boundary = name is None or self._parse_at_boundary
+        if (
+            err.sqlstate == "42P01"
+            and boundary
+            and not self._retrying
+            and self.private is None
+            and self.txn_status != b"E"
+        ):
+            raise _Retry
         self.metrics.proxy_errors += 1
         if name is None:
             unit = Unit(U_STEP)

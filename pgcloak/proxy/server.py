@@ -145,7 +145,7 @@ def cloak_context(config: Config) -> CloakContext | None:
         if config.cloak == "on":
             raise
         return None
-    return CloakContext(master)
+    return CloakContext(master, tables=config.cloak_tables, dev=config.mode == "dev")
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -17,17 +17,22 @@ from pgcloak.rewriter.catalog import (
     AddColumn,
     AddConstraint,
     CatalogChange,
+    Column,
     Constraint,
     CreateIndex,
     CreateTable,
+    CreateView,
     DropColumn,
     DropConstraint,
     DropTable,
+    DropView,
     Index,
     OwnedSequence,
     RenameColumn,
     RenameConstraint,
     RenameTable,
+    ReplaceView,
+    SetComment,
 )
 
 __all__ = ["ChangeMismatch", "writes_for", "writes_for_all"]
@@ -42,6 +47,31 @@ def _table(registry: Registry, physical: str) -> RegistryObject:
     if obj is None or obj.kind != Kind.TABLE:
         raise ChangeMismatch(f"no registered table {physical}")
     return obj
+
+
+_VIEW_KINDS = {"view": Kind.VIEW, "matview": Kind.MATVIEW}
+_COLUMN_HOLDERS = (Kind.TABLE, Kind.VIEW, Kind.MATVIEW)
+
+
+def _relation(
+    registry: Registry, physical: str, kinds: tuple[Kind, ...] = _COLUMN_HOLDERS
+) -> RegistryObject:
+    """A registered relation of one of `kinds` (renames work on tables and views alike)."""
+    obj = registry.by_physical(physical)
+    if obj is None or obj.kind not in kinds:
+        raise ChangeMismatch(f"no registered relation {physical}")
+    return obj
+
+
+def _add_columns(
+    registry: Registry, holder: RegistryObject, columns: Iterable[Column], first: int
+) -> list[Write]:
+    writes: list[Write] = []
+    for pos, col in enumerate(columns, first):
+        writes += registry.add(
+            Kind.COLUMN, col.name, parent=holder, physical_name=col.physical, position=pos
+        ).writes
+    return writes
 
 
 def _child(registry: Registry, table: RegistryObject, physical: str, kind: Kind) -> RegistryObject:
@@ -138,7 +168,7 @@ def writes_for(registry: Registry, change: CatalogChange) -> list[Write]:
             writes = registry.drop(_table(registry, physical).id)
             return writes + _drop_constraints(registry, cascaded)
         case RenameTable(physical, new_name):
-            return registry.rename(_table(registry, physical).id, new_name)
+            return registry.rename(_relation(registry, physical).id, new_name)
         case AddColumn(physical, col, cons, idxs, seqs):
             table = _table(registry, physical)
             writes = registry.add(
@@ -162,7 +192,7 @@ def writes_for(registry: Registry, change: CatalogChange) -> list[Write]:
                     writes += registry.drop(found.id)
             return writes + registry.drop(_child(registry, table, column, Kind.COLUMN).id)
         case RenameColumn(physical, column, new_name):
-            table = _table(registry, physical)
+            table = _relation(registry, physical)
             return registry.rename(_child(registry, table, column, Kind.COLUMN).id, new_name)
         case AddConstraint(con):
             return _add_constraints(registry, _table(registry, con.table), [con])
@@ -175,7 +205,24 @@ def writes_for(registry: Registry, change: CatalogChange) -> list[Write]:
             found = _child(registry, table, constraint, Kind.CONSTRAINT)
             return registry.rename(found.id, new_name)
         case CreateIndex(idx):
-            return _add_indexes(registry, _table(registry, idx.table), [idx])
+            holder = _relation(registry, idx.table, (Kind.TABLE, Kind.MATVIEW))
+            return _add_indexes(registry, holder, [idx])
+        case CreateView(rel):
+            view, writes = registry.add(_VIEW_KINDS[rel.kind], rel.name, schema=rel.schema,
+                                        physical_name=rel.physical)  # fmt: skip
+            return writes + _add_columns(registry, view, rel.columns, 1)
+        case ReplaceView(physical, columns, _reads):
+            view = _relation(registry, physical, (Kind.VIEW,))
+            return _add_columns(registry, view, columns, _next_position(registry, view))
+        case DropView(physical):
+            # Columns and a matview's indexes are its children: they go with it.
+            return registry.drop(_relation(registry, physical, (Kind.VIEW, Kind.MATVIEW)).id)
+        case SetComment(kind, physical, parent, text):
+            owner = None if parent is None else _relation(registry, parent)
+            found = registry.by_physical(physical, owner)
+            if found is None or found.kind != Kind(kind):
+                raise ChangeMismatch(f"no registered {Kind(kind).label} {physical}")
+            return registry.set_comment(found.id, text)
     raise TypeError(f"not a catalog change: {type(change).__name__}")
 
 

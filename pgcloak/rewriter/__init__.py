@@ -18,10 +18,16 @@ Rewritten (when they touch a cloaked object; otherwise sent unchanged minus comm
   serial/identity; every constraint gets an explicit physical name), DROP TABLE,
   ALTER TABLE (ADD/DROP COLUMN, ADD/DROP CONSTRAINT, ALTER COLUMN TYPE/DEFAULT/
   NOT NULL), CREATE INDEX, TRUNCATE; RENAME table/column/constraint is registry-only
-  (``plan.sql is None``).
+  (``plan.sql is None``);
+* CREATE [OR REPLACE] VIEW, CREATE MATERIALIZED VIEW (fresh physical name, explicit
+  physical column list), DROP/REFRESH, ALTER [MATERIALIZED] VIEW RENAME (registry-only),
+  DROP ... CASCADE follows dependent views; COMMENT ON (registry-only: the text never
+  reaches the server); GRANT/REVOKE on tables, views, sequences, columns (ddl_view.py,
+  ddl_misc.py).
 
-Refused on cloaked objects (0A000): other statement types (views, COMMENT,
-GRANT, functions/DO bodies naming cloaked tables, ...), temporary/partitioned/
+Refused on cloaked objects (0A000): other statement types (functions/DO bodies
+naming cloaked tables, ...), recursive/temporary views, ALTER VIEW other than
+RENAME, DROP COLUMN/CONSTRAINT ... CASCADE under views, temporary/partitioned/
 inherited tables, EXCLUDE constraints, XML/JSON constructs, ROWS FROM, aliased
 joins, USING/NATURAL over columns with different physical names, unqualified
 columns that could belong to a relation pgcloak does not know, ``*`` over such a

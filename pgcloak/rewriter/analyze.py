@@ -20,6 +20,7 @@ from pgcloak.registry.names import new_physical_name
 from pgcloak.rewriter.catalog import (
     Catalog,
     CatalogChange,
+    CloakFilter,
     Relation,
     find_relation,
     uncloaked_exists,
@@ -136,6 +137,7 @@ class Analyzer(ABC):
         self.outputs: dict[int, list[Col] | None] = {}
         self.collect: list[Col] | None = None  # columns referenced (for CHECK names)
         self.claimed: set[int] = set()
+        self.cloak_filter: CloakFilter | None = None  # which new tables get cloaked
         self._aliases = 0
 
     # -- bookkeeping ----------------------------------------------------------------

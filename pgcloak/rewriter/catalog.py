@@ -11,7 +11,7 @@ are identified by their physical name, which never changes.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -20,6 +20,7 @@ __all__ = [
     "AddConstraint",
     "Catalog",
     "CatalogChange",
+    "CloakFilter",
     "Column",
     "Constraint",
     "CreateIndex",
@@ -44,6 +45,9 @@ __all__ = [
 ]
 
 DEFAULT_SEARCH_PATH = ("public",)
+
+# (schema, table) -> whether a new table is to be cloaked.
+CloakFilter = Callable[[str, str], bool]
 
 
 @dataclass(frozen=True)

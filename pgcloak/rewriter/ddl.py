@@ -353,8 +353,17 @@ class TableBuilder:
 
 def create_table(a: Analyzer, body: Node) -> None:
     rv = body["relation"]
-    if rv.get("relpersistence") == "t":
-        raise CloakError("0A000", "pgcloak does not support temporary tables")
+    target_schema = rv.get("schemaname") or creation_schema(a.search_path) or ""
+    declined = a.cloak_filter is not None and not a.cloak_filter(target_schema, rv["relname"])
+    if rv.get("relpersistence") == "t" or declined:
+        # Temporary tables and tables the configuration leaves out are created as
+        # written; they may not depend on cloaked ones (their definitions would leak).
+        if a.mentions_cloaked(body):
+            a.touched = True
+            raise CloakError(
+                "0A000", "pgcloak does not support uncloaked tables that refer to cloaked ones"
+            )
+        return
     for key, what in (
         ("inhRelations", "INHERITS"),
         ("partbound", "partitions"),

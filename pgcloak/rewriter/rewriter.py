@@ -20,7 +20,7 @@ from typing import Any
 from pglast import parser
 
 from pgcloak.rewriter import copy_merge, ddl, ddl_alter, ddl_view, prepare
-from pgcloak.rewriter.catalog import DEFAULT_SEARCH_PATH, Catalog
+from pgcloak.rewriter.catalog import DEFAULT_SEARCH_PATH, Catalog, CloakFilter
 from pgcloak.rewriter.overlay import OverlayCatalog
 from pgcloak.rewriter.plan import CloakError, Plan
 from pgcloak.rewriter.query import QueryAnalyzer
@@ -65,9 +65,16 @@ def _parse(sql: str) -> tuple[list[dict[str, Any]], list[int]]:
 
 
 def plan_query(
-    sql: str, catalog: Catalog, search_path: Sequence[str] = DEFAULT_SEARCH_PATH
+    sql: str,
+    catalog: Catalog,
+    search_path: Sequence[str] = DEFAULT_SEARCH_PATH,
+    cloak_filter: CloakFilter | None = None,
 ) -> tuple[Plan, ...]:
-    """Plan every statement of a query string (no caching; see Rewriter)."""
+    """Plan every statement of a query string (no caching; see Rewriter).
+
+    `cloak_filter(schema, table)` says whether a new table is to be cloaked (default:
+    every one); tables it declines are created as written, like temporary tables.
+    """
     stmts, names = _parse(sql)
     ts = TokenStream(sql)
     plans: list[Plan] = []
@@ -85,7 +92,7 @@ def plan_query(
         try:
             plan = _plan_statement(
                 ts, raw["stmt"], current, search_path, start=start, end=end, lo=lo, hi=hi,
-                names=stmt_names,
+                names=stmt_names, cloak_filter=cloak_filter,
             )  # fmt: skip
         except (KeyError, IndexError, TypeError, ValueError, RecursionError):
             # A parse tree shape the analyzer does not expect: refuse, never guess.
@@ -111,9 +118,11 @@ def _plan_statement(
     lo: int,
     hi: int,
     names: list[int],
+    cloak_filter: CloakFilter | None = None,
 ) -> Plan:
     kind, body = node_kind(stmt)
     a = QueryAnalyzer(ts, catalog, search_path, lo, hi)
+    a.cloak_filter = cloak_filter
     out = None
     returns_rows = False
     if kind in _QUERIES:
@@ -265,8 +274,9 @@ class Rewriter:
     statements that differ only in their literals share one analysis (template.py).
     """
 
-    def __init__(self, cache_size: int = 1024) -> None:
+    def __init__(self, cache_size: int = 1024, cloak_filter: CloakFilter | None = None) -> None:
         self.cache_size = cache_size
+        self.cloak_filter = cloak_filter
         self._cache: OrderedDict[tuple[object, ...], tuple[Plan, ...]] = OrderedDict()
         self._templates: OrderedDict[tuple[object, ...], Template] = OrderedDict()
         self.hits = 0
@@ -292,7 +302,7 @@ class Rewriter:
                 self._templates.move_to_end(tkey)
                 self.template_hits += 1
                 return (template.instantiate(sql, shape),)
-        plans = plan_query(sql, catalog, search_path)
+        plans = plan_query(sql, catalog, search_path, self.cloak_filter)
         if all(not p.changes and p.sql is not None for p in plans):
             self._remember(key, plans)
             if shape is not None and len(plans) == 1 and plans[0].statement in _QUERIES:
