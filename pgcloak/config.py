@@ -6,7 +6,7 @@ sees a validated `Config`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -43,4 +43,5 @@ class Config:
     cloak: str = "auto"  # on | off | auto (on when a master key is configured)
     cloak_tables: tuple[str, ...] = ("*.*",)  # schema.table patterns of tables to cloak
     master_key_file: str | None = None  # else $PGCLOAK_MASTER_KEY / $PGCLOAK_MASTER_KEY_FILE
+    redis_url: str | None = field(default=None, repr=False)  # URL may carry a password
     config_file: str | None = None

@@ -8,6 +8,7 @@ operator wrote it and where it came from, so a broken deployment is fixed in one
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import ipaddress
 import math
 import os
@@ -16,7 +17,7 @@ import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, cast
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pgcloak.config import Config, Upstream
 
@@ -178,6 +179,14 @@ OPTIONS: tuple[Option, ...] = (
         "file holding the base64 master key (mode 0600); else $PGCLOAK_MASTER_KEY or "
         "$PGCLOAK_MASTER_KEY_FILE",
         "none",
+    ),
+    Option(
+        "redis",
+        "URL",
+        "optional Redis that tells other proxy instances about schema changes at once "
+        "(LISTEN/NOTIFY stays the fallback): redis://[:password@]host[:port][/db], "
+        "rediss:// or unix:///path; needs the pgcloak[redis] extra; 'off' disables it",
+        "off",
     ),
 )
 
@@ -483,6 +492,34 @@ def _patterns(value: object) -> tuple[str, ...]:
     return tuple(out)
 
 
+_REDIS_SHAPE = "redis://[:password@]host[:port][/db], rediss://... or unix:///path"
+
+
+def _redis_url(value: object) -> str | None:
+    """Validate the shape only; the bus connects lazily and tolerates an outage."""
+    text = _as_str(value).strip()
+    if text.lower() in _DISABLED:
+        return None
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 — raises ValueError for a bad port
+    except ValueError:
+        raise _Invalid(f"malformed URL; expected {_REDIS_SHAPE}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("redis", "rediss", "unix") or "://" not in text:
+        raise _Invalid(f"expected {_REDIS_SHAPE}")
+    if scheme == "unix":
+        if not parts.path.startswith("/"):
+            raise _Invalid("expected unix:///absolute/path/to/redis.sock")
+    elif not parts.hostname:
+        raise _Invalid(f"missing host; expected {_REDIS_SHAPE}")
+    elif parts.path.strip("/") and not parts.path.strip("/").isdigit():
+        raise _Invalid("the database after the host must be a number, e.g. /0")
+    if importlib.util.find_spec("redis") is None:
+        raise _Invalid("needs the 'redis' package: pip install 'pgcloak[redis]'")
+    return text
+
+
 _PARSERS: dict[str, Callable[[object], object]] = {
     "listen": _host_port,
     "admin": _admin,
@@ -504,6 +541,7 @@ _PARSERS: dict[str, Callable[[object], object]] = {
     "cloak": _choice(CLOAK_MODES),
     "cloak_tables": _patterns,
     "master_key_file": _optional_str,
+    "redis": _redis_url,
 }
 _PATH_KEYS = (
     "tls_cert",
@@ -703,5 +741,6 @@ def _build(values: dict[str, object], url: _Url | None, config_file: str | None)
         cloak=cast(str, values.get("cloak", d.cloak)),
         cloak_tables=cast(tuple[str, ...], values.get("cloak_tables", d.cloak_tables)),
         master_key_file=cast(str | None, values.get("master_key_file", d.master_key_file)),
+        redis_url=cast(str | None, values.get("redis", d.redis_url)),
         config_file=config_file,
     )

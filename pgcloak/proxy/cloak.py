@@ -49,6 +49,17 @@ CHANNEL: Final = "pgcloak_registry"
 # Fails parse analysis on any server (42883), in place of a statement pgcloak refuses.
 REFUSED_SQL: Final = "SELECT pg_catalog.pgcloak_refused_statement()"
 PATH_SQL: Final = "SELECT pg_catalog.current_schemas(false)::text"
+# Changes whenever the registry does (insert/delete change the count, any write a
+# newer xmin) or the database is re-created: compared at session start, so a process
+# that had no session listening while the registry changed still notices.
+FINGERPRINT_SQL: Final = (
+    "SELECT (SELECT oid FROM pg_catalog.pg_database "
+    "WHERE datname = pg_catalog.current_database())::text || '/' || "
+    "(SELECT count(*) || '/' || coalesce(max(xmin::text::int8), 0) FROM pgcloak.objects) "
+    "|| '/' || "
+    "(SELECT count(*) || '/' || coalesce(max(xmin::text::int8), 0) FROM pgcloak.data_keys)"
+)
+LOAD: Final = (*LOAD_STATEMENTS, FINGERPRINT_SQL)
 WRITE_NAME: Final = "_pgcloak_w"
 
 # Unit kinds.
@@ -65,6 +76,7 @@ U_INTERNAL: Final = 9  # a whole internal Query, through its ReadyForQuery
 
 _ENDS: Final = {ord("1"): U_PARSE, ord("2"): U_BIND, ord("3"): U_CLOSE, ord("V"): U_FUNC}
 _CREATES = frozenset({"CreateStmt", "CreateTableAsStmt", "ViewStmt", "CreateSeqStmt"})
+_ANCHORED = re.compile(r"\^\((.*)\)\$")
 _SET_PATH = re.compile(r"search_path|\ball\b", re.IGNORECASE)
 _FRONTEND_TYPES = frozenset(b"QPBDECSHFdcfX")
 _BAD_UTF8 = 'invalid byte sequence for encoding "UTF8"'
@@ -321,26 +333,26 @@ class CloakSession:
     def start(self, ready: bytes) -> None:
         """First ReadyForQuery from the upstream: load what the session needs, then answer."""
         self.txn_status = ready[5:6] or b"I"
-        stmts = [f"LISTEN {CHANNEL}", PATH_SQL]
-        if self.entry.stale or self.entry.loaded is None:
-            stmts.append(STATUS_SQL)
+        stmts = [f"LISTEN {CHANNEL}", PATH_SQL, STATUS_SQL, FINGERPRINT_SQL]
         self._internal(stmts, lambda res, err: self._started(res, err, ready))
 
     def _started(self, res: Results, err: dict[str, str] | None, ready: bytes) -> bytes | None:
-        if err is not None:
+        status = res[2][0] if len(res) > 2 and res[2] else None
+        if status is not None and status[0] != "t":
+            self.on_fatal(
+                "55000",
+                "this database has no pgcloak registry; run `pgcloak init` against it "
+                "before connecting through pgcloak",
+            )
+            return None
+        if err is not None or len(res) < 4:
             self.on_fatal("55000", "pgcloak could not read its registry in this database")
             return None
         self.search_path = _parse_schemas(res[1][0][0] if res[1] else None)
-        if len(res) > 2:
-            row = res[2][0] if res[2] else [None, None]
-            if row[0] != "t":
-                self.on_fatal(
-                    "55000",
-                    "this database has no pgcloak registry; run `pgcloak init` against it "
-                    "before connecting through pgcloak",
-                )
-                return None
-            self._internal(list(LOAD_STATEMENTS), lambda r, e: self._loaded(r, e, ready))
+        entry = self.entry
+        fingerprint = res[3][0][0] if res[3] else None
+        if entry.stale or entry.loaded is None or fingerprint != entry.fingerprint:
+            self._internal(list(LOAD), lambda r, e: self._loaded(r, e, ready))
             return None
         return self._release(ready)
 
@@ -353,11 +365,12 @@ class CloakSession:
                 return None
             return self._release(None)  # e.g. an aborted transaction: retry later
         try:
-            loaded = parse_load(res, self.ctx.master)
+            loaded = parse_load(res[: len(LOAD_STATEMENTS)], self.ctx.master)
         except RegistryUnavailable as exc:
             self.on_fatal(exc.sqlstate, exc.message)
             return None
-        self.entry.install(loaded)
+        fingerprint = res[-1][0][0] if len(res) == len(LOAD) and res[-1] else None
+        self.entry.install(loaded, fingerprint)
         if loaded.key_check_missing:
             from pgcloak.registry.store import key_check_write
 
@@ -389,7 +402,7 @@ class CloakSession:
             stmts.append(f"LISTEN {CHANNEL}")
         reload = self.entry.stale
         if reload:
-            stmts.extend(LOAD_STATEMENTS)
+            stmts.extend(LOAD)
         if self.path_dirty:
             stmts.append(PATH_SQL)
         self.listen_dirty = self.path_dirty = False
@@ -403,7 +416,7 @@ class CloakSession:
             if stmts[-1] == PATH_SQL:
                 self.search_path = _parse_schemas(res[len(stmts) - 1][0][0])
             if reload:
-                return self._loaded(res[n_listen : n_listen + len(LOAD_STATEMENTS)], None, None)
+                return self._loaded(res[n_listen : n_listen + len(LOAD)], None, None)
             return self._release(None)
 
         self._internal(stmts, done)
@@ -487,7 +500,10 @@ class CloakSession:
             else:
                 self.portals.pop(portal, None)
             self._push(Unit(U_BIND, simple=False))
-            out.append(buf[pos:end])
+            mapped = None
+            if prepared is not None and prepared.values:
+                mapped = map_bind_names(buf, pos, end, self._relation_physical)
+            out.append(buf[pos:end] if mapped is None else mapped)
         elif typ == 68:  # D
             self.ext_open = True
             kind = buf[pos + 5 : pos + 6]
@@ -523,6 +539,15 @@ class CloakSession:
             out.append(buf[pos:end])
         else:  # H d c f
             out.append(buf[pos:end])
+
+    def _relation_physical(self, name: str) -> str | None:
+        """Physical name of a cloaked relation called `name` on the search path."""
+        catalog = self.catalog()
+        for schema in self.search_path:
+            physical = catalog.relation_physical(schema, name)
+            if physical is not None:
+                return physical
+        return None
 
     def _plan(self, sql: str) -> tuple[Plan, ...]:
         plans = self.ctx.rewriter.plan(sql, self.catalog(), self.search_path)
@@ -873,6 +898,51 @@ class CloakSession:
         if unit.kind not in (U_QEND, U_SYNC):
             raise ProtocolError("pgcloak lost track of the upstream's responses")
         return None
+
+
+def map_bind_names(
+    buf: bytes, pos: int, end: int, physical: Callable[[str], str | None]
+) -> bytes | None:
+    """A Bind for a system-catalog query with text parameters naming cloaked relations
+    replaced by their physical names (``relname = $1``); None when nothing changed."""
+    i = buf.index(b"\0", pos + 5, end)
+    j = buf.index(b"\0", i + 1, end)
+    p = j + 1
+    nfmt = int.from_bytes(buf[p : p + 2], "big")
+    formats = [int.from_bytes(buf[p + 2 + 2 * k : p + 4 + 2 * k], "big") for k in range(nfmt)]
+    p += 2 + 2 * nfmt
+    nparams = int.from_bytes(buf[p : p + 2], "big")
+    p += 2
+    head = buf[pos + 5 : p]
+    params: list[bytes] = []
+    changed = False
+    for k in range(nparams):
+        ln = int.from_bytes(buf[p : p + 4], "big", signed=True)
+        p += 4
+        if ln < 0:
+            params.append(b"\xff\xff\xff\xff")
+            continue
+        value = buf[p : p + ln]
+        p += ln
+        fmt = formats[0] if nfmt == 1 else (formats[k] if nfmt > k else 0)
+        new = None
+        if fmt == 0 and 0 < ln <= 130:
+            try:
+                text = value.decode()
+            except UnicodeDecodeError:
+                text = ""
+            anchored = _ANCHORED.fullmatch(text)
+            found = physical(anchored.group(1) if anchored else text) if text else None
+            if found is not None:
+                new = (f"^({found})$" if anchored else found).encode()
+        if new is None:
+            params.append(ln.to_bytes(4, "big") + value)
+        else:
+            changed = True
+            params.append(len(new).to_bytes(4, "big") + new)
+    if not changed:
+        return None
+    return frame(b"B", head + b"".join(params) + buf[p:end])
 
 
 def raw_query(raw: bytes) -> bytes:

@@ -28,9 +28,11 @@ class DatabaseEntry:
     uncovered: set[int] = field(default_factory=set)
     unmasker: Unmasker | None = None
     loads: int = 0  # completed loads, for metrics and tests
+    fingerprint: str | None = None  # registry change marker read with the last load
 
-    def install(self, loaded: Loaded) -> None:
+    def install(self, loaded: Loaded, fingerprint: str | None = None) -> None:
         self.loaded = loaded
+        self.fingerprint = fingerprint
         self.generation += 1
         self.loads += 1
         self.unmasker = Unmasker(loaded.registry.physical_names(), loaded.catalog)
