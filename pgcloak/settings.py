@@ -487,9 +487,7 @@ def _patterns(value: object) -> tuple[str, ...]:
         if text.count(".") > 1:
             raise _Invalid(f"{text!r} is not a schema or schema.table pattern")
         out.append(text if "." in text else f"{text}.*")
-    if not out:
-        raise _Invalid("expected at least one schema.table pattern ('*' for every table)")
-    return tuple(out)
+    return tuple(out) or ("*.*",)  # empty: the default, every table
 
 
 _REDIS_SHAPE = "redis://[:password@]host[:port][/db], rediss://... or unix:///path"
@@ -538,7 +536,7 @@ _PARSERS: dict[str, Callable[[object], object]] = {
     "log_format": _choice(LOG_FORMATS),
     "mode": _choice(MODES),
     "workers": _workers,
-    "cloak": _choice(CLOAK_MODES),
+    "cloak": lambda v: _choice(CLOAK_MODES)(v) if _as_str(v).strip() else "auto",
     "cloak_tables": _patterns,
     "master_key_file": _optional_str,
     "redis": _redis_url,

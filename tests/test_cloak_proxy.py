@@ -321,3 +321,44 @@ def test_dev_mode_logs_rewrites_prod_never(
             assert "marker_column_xyz" in text
         else:
             assert "marker_" not in text, text
+
+
+def _redis_up() -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _redis_up(), reason="no Redis at 127.0.0.1:6379")
+def test_redis_carries_changes_to_sessions_inside_transactions(
+    pg: PgServer,
+    proxy_factory: Callable[..., ProxyProcess],
+    cloaked_db: str,
+    master_key: str,
+) -> None:
+    env = {"PGCLOAK_MASTER_KEY": master_key}
+    redis = ("--redis", "redis://127.0.0.1:6379/0")
+    first = proxy_factory(pg.upstream_url(), *redis, env=env)
+    second = proxy_factory(pg.upstream_url(), *redis, env=env)
+    with connect(first, cloaked_db) as a, connect(second, cloaked_db) as b:
+        a.execute("CREATE TABLE r (a int)")
+        b.execute("BEGIN")  # inside a transaction, b's backend gets no NOTIFY
+        assert b.execute("SELECT a FROM r").fetchall() == []
+        a.execute("ALTER TABLE r RENAME COLUMN a TO renamed")
+        deadline = time.monotonic() + 1.0
+        while True:
+            try:
+                b.execute("SAVEPOINT s")
+                cur = b.execute("SELECT renamed FROM r")
+                break
+            except psycopg.errors.UndefinedColumn:
+                b.execute("ROLLBACK TO SAVEPOINT s")
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        assert [d.name for d in cur.description or ()] == ["renamed"]
+        b.execute("COMMIT")

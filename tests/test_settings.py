@@ -125,11 +125,11 @@ def test_every_option_from_file(tmp_path: Path, pem: tuple[str, str]) -> None:
         log_format = "json"
         mode = "dev"
 
+        cloak = "off"
+        cloak_tables = ["app", "public.orders"]
+
         [encrypt]
         anything = "goes"
-
-        [cloak.nested]
-        x = 1
         """,
     )
     c = load_config({"config": str(cfg)}, {})
@@ -158,6 +158,8 @@ def test_every_option_from_file(tmp_path: Path, pem: tuple[str, str]) -> None:
         log_level="WARNING",
         log_format="json",
         mode="dev",
+        cloak="off",
+        cloak_tables=("app.*", "public.orders"),
         config_file=str(cfg),
     )
 
@@ -202,10 +204,13 @@ def test_env_vars_are_named_after_keys(pem: tuple[str, str]) -> None:
         PGCLOAK_LOG_FORMAT="JSON",
         PGCLOAK_MODE="dev",
         PGCLOAK_WORKERS="2",
+        PGCLOAK_CLOAK="ON",
+        PGCLOAK_CLOAK_TABLES="app, public.t*",
         PGCLOAK_UNRELATED="ignored",
     )
     c = load_config(None, env)
     assert c.workers == 2
+    assert (c.cloak, c.cloak_tables) == ("on", ("app.*", "public.t*"))
     assert c.upstream == Upstream(
         host="h", sslmode="require", sslrootcert=cert, sslcert=cert, sslkey=key
     )

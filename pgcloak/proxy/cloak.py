@@ -22,7 +22,7 @@ import re
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from pgcloak.crypto.keys import MasterKey
 from pgcloak.proxy.cloak_cache import DatabaseEntry, RegistryCache
@@ -42,6 +42,9 @@ from pgcloak.registry.model import Write
 from pgcloak.registry.store import STATUS_SQL, NameConflict, Registry, RegistryError
 from pgcloak.rewriter import Catalog, CloakError, Plan, Rewriter
 from pgcloak.rewriter.overlay import OverlayCatalog
+
+if TYPE_CHECKING:
+    from pgcloak.registry.redis_bus import RedisBus
 
 __all__ = ["CloakContext", "CloakSession"]
 
@@ -164,6 +167,33 @@ class CloakContext:
         self.rewriter = Rewriter(cache_size, cloak_filter=table_filter(tables))
         self.cache = RegistryCache()
         self.dev = dev  # dev mode may log semantic names; prod never does
+        self.bus: RedisBus | None = None
+
+    async def start_bus(self, url: str) -> None:
+        """Optional Redis fan-out of registry changes (NOTIFY stays the fallback)."""
+        from pgcloak.registry.redis_bus import RedisBus
+
+        cache = self.cache
+
+        def stale_all() -> None:
+            for entry in cache.entries.values():
+                entry.stale = True
+
+        self.bus = RedisBus(
+            url,
+            on_change=lambda db, txid: cache.entry(db).notified(txid),
+            on_reconnect=stale_all,
+        )
+        await self.bus.start(wait=1.0)
+
+    def committed(self, database: str) -> None:
+        """This process committed a registry change in `database`: tell the others."""
+        if self.bus is not None:
+            self.bus.publish(database, None)
+
+    async def close(self) -> None:
+        if self.bus is not None:
+            await self.bus.close()
 
 
 def table_filter(patterns: Sequence[str]) -> Callable[[str, str], bool] | None:
@@ -225,6 +255,7 @@ class CloakSession:
         on_fatal: Callable[[str, str], None],
     ) -> None:
         self.ctx = ctx
+        self.database = database
         self.entry: DatabaseEntry = ctx.cache.entry(database)
         self.to_server = to_server
         self.metrics = metrics
@@ -884,6 +915,7 @@ class CloakSession:
             if self.private is not None:
                 self.private = None
                 self.entry.stale = True  # re-read exactly what committed (or not)
+                self.ctx.committed(self.database)
             if self.set_in_txn:
                 self.set_in_txn = False
                 self.path_dirty = True

@@ -73,6 +73,8 @@ class Proxy:
                 lambda: self.draining,
             )
             self.admin_port = self._admin.sockets[0].getsockname()[1]
+        if self.cloak is not None and cfg.redis_url:
+            await self.cloak.start_bus(cfg.redis_url)
 
     async def ready(self) -> bool:
         return await upstream_reachable(self.config.upstream, min(self.config.connect_timeout, 5))
@@ -99,6 +101,8 @@ class Proxy:
             c.fatal("57P01", "terminating connection due to administrator command")
         if self._admin is not None:
             await stop_admin(self._admin)
+        if self.cloak is not None:
+            await self.cloak.close()
         self._closed.set()
 
     async def wait_closed(self) -> None:
