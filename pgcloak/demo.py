@@ -8,6 +8,8 @@ binaries. Everything it starts is torn down on Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -141,6 +143,23 @@ def _config(
     )
 
 
+def _seed_cloaked(host: str, port: int) -> None:
+    """Install the registry under a fresh demo key and create the sample data cloaked."""
+    import psycopg
+
+    from pgcloak.crypto.keys import MASTER_KEY_ENV, MasterKey, new_master_key
+    from pgcloak.registry.direct import run_cloaked
+    from pgcloak.registry.install import install
+
+    key = os.environ.get(MASTER_KEY_ENV) or new_master_key()
+    os.environ[MASTER_KEY_ENV] = key  # the in-process proxy reads it from here
+    master = MasterKey.from_base64(key)
+    dsn = f"host={host} port={port} dbname={DEMO_DB} user={DEMO_USER}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        install(conn, master)
+        run_cloaked(conn, SAMPLE_SQL, master)
+
+
 def _run_embedded(
     listen_host: str,
     listen_port: int,
@@ -153,10 +172,15 @@ def _run_embedded(
         print("Starting a throwaway PostgreSQL cluster...", flush=True)
         pg.start()
         pg.psql(f"CREATE DATABASE {DEMO_DB}")
-        pg.psql(SAMPLE_SQL, dbname=DEMO_DB)
+        _seed_cloaked(pg.host, pg.port)
         upstream = Upstream(host=pg.host, port=pg.port, dbname=DEMO_DB, sslmode="disable")
         print(f"PostgreSQL is up on {pg.host}:{pg.port} (data in {pg.data_dir}).")
-        config = _config(listen_host, listen_port, admin_host, admin_port, upstream)
+        print("The sample schema is cloaked: through pgcloak you see customers/orders;")
+        print("the database itself only holds opaque names. Look for yourself:")
+        print(f"    {_psql_command(pg.host, pg.port, DEMO_DB, DEMO_USER)} -c '\\d'")
+        config = dataclasses.replace(
+            _config(listen_host, listen_port, admin_host, admin_port, upstream), cloak="on"
+        )
         return _serve(config, DEMO_DB, DEMO_USER)
     finally:
         with _signals_ignored():

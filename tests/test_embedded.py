@@ -197,6 +197,23 @@ def test_demo_serves_sample_data_and_cleans_up(tmp_path: Path) -> None:
         with psycopg.connect(dsn, connect_timeout=10) as conn:
             rows = conn.execute("SELECT count(*) FROM customers JOIN orders ON true").fetchone()
             assert rows is not None and rows[0] > 0
+            cur = conn.execute(
+                "SELECT c.full_name, o.amount FROM customers c JOIN orders o "
+                "ON o.customer_id = c.id ORDER BY o.amount DESC LIMIT 1"
+            )
+            assert [d.name for d in cur.description or ()] == ["full_name", "amount"]
+        # The database itself holds only opaque names.
+        up = re.search(r"PostgreSQL is up on (\S+):(\d+) ", text)
+        assert up is not None, text
+        direct = f"host={up.group(1)} port={up.group(2)} dbname=demo user=postgres"
+        with psycopg.connect(direct, connect_timeout=10) as conn:
+            names = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT relname::text FROM pg_class WHERE relnamespace = 'public'::regnamespace"
+                )
+            ]
+            assert names and not any("customer" in n or "order" in n for n in names), names
         assert _cmdlines_mentioning(data_dir.group(1))
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, out.read_text()
