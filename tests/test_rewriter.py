@@ -360,7 +360,6 @@ def test_ddl_then_use_in_one_query_string(cat: MemoryCatalog) -> None:
         ("DROP INDEX customers_email_key", "0A000", "DROP"),
         ("ALTER TABLE customers SET SCHEMA app", "0A000", ""),
         ("ALTER TABLE customers ALTER COLUMN email SET STATISTICS 5", "0A000", "ALTER TABLE"),
-        ("CREATE TEMP TABLE tmp (a int)", "0A000", "temporary"),
         ("CREATE TABLE t2 (LIKE customers)", "0A000", "TableLikeClause"),
         ("CREATE TABLE t2 (a int, a text)", "42701", 'column "a" specified more than once'),
         ("CREATE TABLE customers (a int)", "42P07", 'relation "customers" already exists'),
@@ -705,6 +704,16 @@ def test_literal_dependent_statements_are_not_templated(cat: MemoryCatalog, sql:
     rw.plan(sql, cat)
     variant = sql.replace("1", "2")
     assert rw.plan(variant, cat)[0].sql == plan_query(variant, cat)[0].sql
+
+
+def test_temporary_and_filtered_tables_are_created_as_written(cat: MemoryCatalog) -> None:
+    assert one("CREATE TEMP TABLE tmp (a int)", cat).sql == "CREATE TEMP TABLE tmp (a int)"
+    assert refused("CREATE TEMP TABLE tmp (a int REFERENCES customers)", cat).sqlstate == "0A000"
+    only_app = Rewriter(cloak_filter=lambda schema, table: schema == "app")
+    plan = only_app.plan("CREATE TABLE plain (a int)", cat)[0]
+    assert plan.sql == "CREATE TABLE plain (a int)" and not plan.changes
+    plan = only_app.plan("CREATE TABLE app.hidden (a int)", cat)[0]
+    assert plan.sql is not None and "hidden" not in plan.sql and plan.changes
 
 
 def test_vacuum_analyze_and_lock(cat: MemoryCatalog) -> None:

@@ -16,7 +16,7 @@ and in order in the rewritten text.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
 from pglast import parser
 
@@ -53,10 +53,39 @@ _FAST = re.compile(
 _SLOW_MARKS = ("$", "\\", "/*", "--", "&")
 
 
+_NUMBER = re.compile(r"(?<![A-Za-z0-9_$.])(?:\d+(?:\.\d*)?|\.\d+)(?![A-Za-z0-9_$.])")
+_DENY_RE = re.compile(
+    r"(?<![A-Za-z0-9_$])(?:" + "|".join(sorted(_DENY)) + r")(?![A-Za-z0-9_$])", re.IGNORECASE
+)
+
+
+def _numbers_shape(sql: str) -> Shape | None:
+    """Shape of a text whose only literals can be plain numbers (no quotes of any kind).
+
+    A number glued to a letter, dot or `$` is left in the key as text: the shape then
+    has fewer literals than the scanner sees, and Template.build declines it.
+    """
+    if _DENY_RE.search(sql) is not None:
+        return None
+    lits = [m.span() for m in _NUMBER.finditer(sql)]
+    if not lits:
+        return None
+    parts: list[str] = []
+    prev = 0
+    for s, e in lits:
+        parts.append(sql[prev:s])
+        parts.append("\x00NUM\x00")
+        prev = e
+    parts.append(sql[prev:])
+    return Shape("".join(parts), tuple(lits))
+
+
 def _fast_shape(sql: str) -> Shape | bool | None:
     """Shape by the fast lexer; False when the text needs the real scanner."""
     if any(m in sql for m in _SLOW_MARKS):
         return False
+    if "'" not in sql and '"' not in sql:
+        return _numbers_shape(sql)
     parts: list[str] = []
     lits: list[tuple[int, int]] = []
     prev = 0
@@ -116,29 +145,42 @@ def shape_of(sql: str) -> Shape | None:
     return Shape("".join(parts), tuple(lits))
 
 
-@dataclass(frozen=True)
 class LiteralShift(PositionMap):
     """A template's position map adjusted for literals of other lengths.
 
-    `lits` holds, per literal, (start in the template's rewritten text, start in the
-    template's client text, template length, new length). Literals are identical on
-    both sides, so everything after literal k moves by the same delta in both texts.
+    Per literal: its start in the template's rewritten text and in the template's
+    client text, its length there and its length now. Literals are identical on
+    both sides, so everything after literal k moves by the same delta in both
+    texts. Built for every templated statement but consulted only on an error, so
+    construction stays a few attribute stores (no dataclass machinery).
     """
 
-    base: PositionMap = field(default_factory=PositionMap)
-    lits: tuple[tuple[int, int, int, int], ...] = ()
+    def __init__(
+        self,
+        base: PositionMap,
+        new_starts: tuple[int, ...],
+        orig_starts: tuple[int, ...],
+        old_lens: tuple[int, ...],
+        new_lens: tuple[int, ...],
+    ) -> None:
+        object.__setattr__(self, "base", base)
+        object.__setattr__(self, "lits", (new_starts, orig_starts, old_lens, new_lens))
 
     def to_original(self, position: int) -> int:
+        base: PositionMap = self.__dict__["base"]
+        new_starts, orig_starts, old_lens, new_lens = self.__dict__["lits"]
         x = max(position - 1, 0)
         delta = 0
-        for new_start, orig_start, old_len, new_len in self.lits:
+        for new_start, orig_start, old_len, new_len in zip(
+            new_starts, orig_starts, old_lens, new_lens, strict=True
+        ):
             start = new_start + delta
             if x < start:
                 break
             if x < start + new_len:
-                return orig_start + delta + (x - start) + 1
+                return int(orig_start + delta + (x - start) + 1)
             delta += new_len - old_len
-        return self.base.to_original(x - delta + 1) + delta
+        return base.to_original(x - delta + 1) + delta
 
 
 @dataclass(frozen=True)
@@ -178,24 +220,26 @@ class Template:
         )
 
     def instantiate(self, sql: str, shape: Shape) -> Plan:
-        lits = [sql[s:e] for s, e in shape.literals]
-        out = [self.pieces[0]]
-        for lit, piece in zip(lits, self.pieces[1:], strict=True):
+        spans = shape.literals
+        lits = [sql[s:e] for s, e in spans]
+        pieces = self.pieces
+        out = [pieces[0]]
+        for k, lit in enumerate(lits):
             out.append(lit)
-            out.append(piece)
+            out.append(pieces[k + 1])
         plan = self.plan
-        shifts = tuple(
-            (n, o, old, len(lit))
-            for n, o, old, lit in zip(
-                self.rewritten_starts, self.original_starts, self.lengths, lits, strict=True
-            )
-        )
-        total = sum(len(lit) for lit in lits) - sum(self.lengths)
+        new_lens = tuple(e - s for s, e in spans)
+        total = sum(new_lens) - sum(self.lengths)
         start, end = plan.span
-        return replace(
-            plan,
-            source=sql[start : end + total],
-            span=(start, end + total),
-            sql="".join(out),
-            positions=LiteralShift(base=plan.positions, lits=shifts),
+        # A shallow clone with five fields replaced: dataclasses.replace() re-runs
+        # __init__ and costs several times more on this per-statement path.
+        clone = object.__new__(Plan)
+        fields = clone.__dict__
+        fields.update(plan.__dict__)
+        fields["source"] = sql[start : end + total]
+        fields["span"] = (start, end + total)
+        fields["sql"] = "".join(out)
+        fields["positions"] = LiteralShift(
+            plan.positions, self.rewritten_starts, self.original_starts, self.lengths, new_lens
         )
+        return clone
