@@ -80,6 +80,7 @@ U_INTERNAL: Final = 9  # a whole internal Query, through its ReadyForQuery
 _ENDS: Final = {ord("1"): U_PARSE, ord("2"): U_BIND, ord("3"): U_CLOSE, ord("V"): U_FUNC}
 _CREATES = frozenset({"CreateStmt", "CreateTableAsStmt", "ViewStmt", "CreateSeqStmt"})
 _ANCHORED = re.compile(r"\^\((.*)\)\$")
+_ROLLBACK_TO = re.compile(r"^\s*rollback\s+(?:work\s+|transaction\s+)?to\b", re.IGNORECASE)
 _SET_PATH = re.compile(r"search_path|\ball\b", re.IGNORECASE)
 _FRONTEND_TYPES = frozenset(b"QPBDECSHFdcfX")
 _BAD_UTF8 = 'invalid byte sequence for encoding "UTF8"'
@@ -269,6 +270,8 @@ class CloakSession:
         self.sql_prepared: dict[str, tuple[str, ...] | None] = {}
         self.temp: frozenset[str] = frozenset()  # temporary relations this session made
         self._retrying = False  # this message is being planned again after a reload
+        self._private_unmasker: Unmasker | None = None
+        self.private_reload = False  # re-read this transaction's registry (ROLLBACK TO)
         self._parse_at_boundary = False
         self._temp_catalog: TempCatalog | None = None
         self.tail = b""
@@ -330,10 +333,20 @@ class CloakSession:
         return as_catalog(wrapped)
 
     def unmasker(self) -> Unmasker:
-        if self.private is not None:
-            return Unmasker(self.private[1].physical_names(), self.private[0])
-        assert self.entry.unmasker is not None
-        return self.entry.unmasker
+        """Reverse names; inside a DDL transaction also the names it has just dropped.
+
+        A statement's own errors and notices (`cannot drop table customers because...`,
+        `drop cascades to constraint orders_cid_fkey`) name objects its changes remove.
+        """
+        shared = self.entry.unmasker
+        assert shared is not None
+        if self.private is None:
+            return shared
+        if self._private_unmasker is None:
+            names = dict(shared.names)
+            names.update(self.private[1].physical_names())
+            self._private_unmasker = Unmasker(names, self.private[0])
+        return self._private_unmasker
 
     def _push(self, unit: Unit) -> None:
         self.units.append(unit)
@@ -431,12 +444,13 @@ class CloakSession:
         stmts: list[str] = []
         if self.listen_dirty:
             stmts.append(f"LISTEN {CHANNEL}")
-        reload = self.entry.stale
-        if reload:
+        private = self.private_reload
+        reload = self.entry.stale and self.private is None and not private
+        if reload or private:
             stmts.extend(LOAD)
         if self.path_dirty:
             stmts.append(PATH_SQL)
-        self.listen_dirty = self.path_dirty = False
+        self.listen_dirty = self.path_dirty = self.private_reload = False
         n_listen = 1 if stmts and stmts[0].startswith("LISTEN") else 0
 
         def done(res: Results, err: dict[str, str] | None) -> bytes | None:
@@ -446,6 +460,18 @@ class CloakSession:
                 return self._release(None)
             if stmts[-1] == PATH_SQL:
                 self.search_path = _parse_schemas(res[len(stmts) - 1][0][0])
+            if private:
+                # This transaction's own view of the registry (after ROLLBACK TO):
+                # never shared, it is not committed.
+                try:
+                    loaded = parse_load(res[n_listen : n_listen + len(LOAD_STATEMENTS)],
+                                        self.ctx.master)  # fmt: skip
+                except RegistryUnavailable as exc:
+                    self.on_fatal(exc.sqlstate, exc.message)
+                    return None
+                self.private = (OverlayCatalog(loaded.catalog), loaded.registry)
+                self._private_unmasker = None
+                return self._release(None)
             if reload:
                 return self._loaded(res[n_listen : n_listen + len(LOAD)], None, None)
             return self._release(None)
@@ -510,6 +536,8 @@ class CloakSession:
                 self.to_server(b"".join(out))
 
     def _needs_refresh(self) -> bool:
+        if self.private_reload:
+            return True
         if self.txn_status == b"E" or self.private is not None:
             return self.listen_dirty
         return self.entry.stale or self.path_dirty or self.listen_dirty
@@ -606,10 +634,17 @@ class CloakSession:
         except RegistryError:
             raise CloakError("XX000", "pgcloak could not record this change") from None
         catalog.apply_all(plan.changes)
+        self._private_unmasker = None
         return _do_block(writes)
 
     def _track(self, plan: Plan) -> None:
         kind = plan.statement
+        if (
+            kind == "TransactionStmt"
+            and self.private is not None
+            and _ROLLBACK_TO.search(plan.source)
+        ):
+            self.private_reload = True  # the registry rows rolled back with it
         if kind in _CREATES and not plan.cloaked:
             made = created_relation(plan.source)
             if made is not None and made[2]:
@@ -671,9 +706,9 @@ class CloakSession:
                     unit = Unit(U_STEP, plan=plan, offset=length)
                     unit.values = plan.maps_values
                     text = plan.sql
-                    if plan.cloaked:
+                    if plan.cloaked or _sql_prepared(plan):
                         unit.output = self._output(plan)
-                        unit.explain = plan.statement == "ExplainStmt"
+                        unit.explain = plan.cloaked and plan.statement == "ExplainStmt"
                 units.append(unit)
                 texts.append(text)
                 length += len(text)
@@ -735,9 +770,9 @@ class CloakSession:
                 else:
                     text = plan.sql
                     prepared.values = plan.maps_values
-                    if plan.cloaked:
+                    if plan.cloaked or _sql_prepared(plan):
                         prepared.output = self._output(plan)
-                        prepared.explain = plan.statement == "ExplainStmt"
+                        prepared.explain = plan.cloaked and plan.statement == "ExplainStmt"
                     if plan.changes:
                         prepared.writes = self._writes(plan)
         except UnicodeDecodeError:
@@ -820,9 +855,7 @@ class CloakSession:
             self._pop()
         if head.hidden:
             return b""
-        if head.output is None and head.plan is None:
-            return None
-        if head.plan is not None and not head.plan.cloaked:
+        if head.output is None and (head.plan is None or not head.plan.cloaked):
             return None
         return rename_fields(buf[start + 5 : end], head.output, self.unmasker().names)
 
@@ -975,6 +1008,11 @@ def map_bind_names(
     if not changed:
         return None
     return frame(b"B", head + b"".join(params) + buf[p:end])
+
+
+def _sql_prepared(plan: Plan) -> bool:
+    """PREPARE/EXECUTE/DEALLOCATE: their output names come from the session's map."""
+    return plan.prepare is not None or plan.execute is not None or plan.deallocate is not None
 
 
 def raw_query(raw: bytes) -> bytes:

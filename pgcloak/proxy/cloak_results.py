@@ -8,6 +8,8 @@ from the session state machine so that each mapping can be tested byte for byte.
 
 from __future__ import annotations
 
+import html
+import json
 import re
 import struct
 from collections.abc import Mapping, Sequence
@@ -21,6 +23,8 @@ __all__ = ["Unmasker", "decode_fields", "encode_fields", "error_from_cloak"]
 
 _FIELD = struct.Struct("!IhIhih")
 _PHYSICAL = re.compile(rb"[tciksvm][0-9a-f]{20}")
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
+_XML_TEXT = re.compile(r">([^<>]+)<")
 _I16 = struct.Struct("!h")
 
 
@@ -114,17 +118,49 @@ class Unmasker:
         return _data_row(out)
 
     def explain_row(self, body: bytes) -> bytes:
-        """A DataRow of EXPLAIN output with physical names replaced (text format only)."""
+        """A DataRow of EXPLAIN output with physical names replaced, in its own format.
+
+        TEXT quotes identifiers as SQL does; JSON and YAML hold names and expressions in
+        double-quoted strings (a bare name stays a string; expressions inside get SQL
+        quoting, JSON-escaped); XML holds raw names between tags.
+        """
         values: list[bytes | None] = []
         for raw in _row_values(body):
-            if raw is None:
-                values.append(None)
+            if raw is None or _PHYSICAL.search(raw) is None:
+                values.append(raw)
                 continue
             try:
-                values.append(unmask_sql(raw.decode(), self.names).encode())
+                text = raw.decode()
             except UnicodeDecodeError:
                 values.append(raw)
+                continue
+            values.append(self._explain_text(text).encode())
         return _data_row(values)
+
+    def _explain_text(self, text: str) -> str:
+        head = text.lstrip()[:1]
+        if head in ("[", "-"):  # JSON, YAML: every string is "..." with JSON-like escapes
+            return _QUOTED.sub(lambda m: self._quoted(m.group(0)), text)
+        if head == "<":  # XML: element text
+            return _XML_TEXT.sub(lambda m: ">" + self._xml(m.group(1)) + "<", text)
+        return unmask_sql(text, self.names)
+
+    def _quoted(self, token: str) -> str:
+        try:
+            inner = json.loads(token)
+        except ValueError:
+            return token
+        if not isinstance(inner, str):
+            return token
+        exact = self.names.get(inner)
+        new = exact if exact is not None else unmask_sql(inner, self.names)
+        return json.dumps(new, ensure_ascii=False)
+
+    def _xml(self, text: str) -> str:
+        plain = html.unescape(text)
+        exact = self.names.get(plain)
+        new = exact if exact is not None else unmask_sql(plain, self.names)
+        return html.escape(new, quote=False)
 
 
 def _row_values(body: bytes) -> list[bytes | None]:
