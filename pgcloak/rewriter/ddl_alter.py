@@ -10,6 +10,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from pgcloak.registry.names import implicit_constraint_name, new_physical_name
+from pgcloak.rewriter import ddl_encrypt
 from pgcloak.rewriter.catalog import (
     AddColumn,
     AddConstraint,
@@ -23,6 +24,7 @@ from pgcloak.rewriter.catalog import (
     RenameColumn,
     RenameConstraint,
     RenameTable,
+    creation_schema,
 )
 from pgcloak.rewriter.ddl import TableBuilder, new_column
 from pgcloak.rewriter.dml import item_starts
@@ -104,6 +106,11 @@ def alter_table(a: Analyzer, body: Node) -> None:
     rel, tok = _relation(a, body["relation"], bool(body.get("missing_ok")))
     if rel is None:
         _passthrough(a, body, "ALTER TABLE")
+        rv = body["relation"]
+        added = [c["AlterTableCmd"]["def"] for c in body.get("cmds", ())
+                 if c["AlterTableCmd"].get("subtype") == "AT_AddColumn"]  # fmt: skip
+        schema = rv.get("schemaname") or creation_schema(a.search_path) or ""
+        ddl_encrypt.check_uncloaked(a, schema, rv["relname"], added)
         return
     after = tok + 2 if a.ts.name(tok + 1) == _STAR else tok + 1
     cmds = [c["AlterTableCmd"] for c in body.get("cmds", ())]
@@ -138,12 +145,15 @@ def _alter_cmd(a: Analyzer, rel: Relation, cmd: Node, start: int, end: int) -> R
         builder.column(coldef, col)
         cons, seqs = builder.finish()
         if old is None:
+            col = ddl_encrypt.add_column(a, working, coldef, col, cons)  # encrypted: bytea
+            working = replace(rel, columns=(*rel.columns, col))
             a.changes.append(AddColumn(rel.physical, col, tuple(cons), (), tuple(seqs)))
         return working
     if sub == "AT_AddConstraint":
         builder = TableBuilder(a, rel, existing=True)
         builder.constraint(cmd["def"]["Constraint"], None, end)
         cons, _ = builder.finish()
+        ddl_encrypt.check_constraints(a, rel, cons)
         a.changes.extend(AddConstraint(c) for c in cons)
         return rel
     if sub == "AT_DropConstraint":
@@ -155,7 +165,7 @@ def _alter_cmd(a: Analyzer, rel: Relation, cmd: Node, start: int, end: int) -> R
             if not cmd.get("missing_ok"):
                 msg = f'constraint "{name}" of relation "{rel.name}" does not exist'
                 raise CloakError("42704", msg, a.ts.pos(tok))
-            a.edits.set(tok, new_physical_name("k"))  # the server just skips it
+            a.edits.set(tok, a.dummy(name, "k"))  # the server just skips it
             return rel
         a.edits.set(tok, found.physical)
         cascaded: tuple[Constraint, ...] = ()
@@ -180,11 +190,12 @@ def _alter_cmd(a: Analyzer, rel: Relation, cmd: Node, start: int, end: int) -> R
     target = rel.column(name)
     if target is None:
         if sub == "AT_DropColumn" and cmd.get("missing_ok"):
-            a.edits.set(tok, new_physical_name("c"))  # the server just skips it
+            a.edits.set(tok, a.dummy(name, "c"))  # the server just skips it
             return rel
         msg = f'column "{name}" of relation "{rel.name}" does not exist'
         raise CloakError("42703", msg, a.ts.pos(tok))
     a.edits.set(tok, target.physical)
+    ddl_encrypt.check_alter_column(a, target, sub, cmd)
     scope = Scope(
         None,
         [Item(rel.name, rel.physical, [Col(c.name, c.physical) for c in rel.columns], rel.schema)],
@@ -215,11 +226,7 @@ def rename(a: Analyzer, body: Node) -> None:
     if kind not in ("OBJECT_TABLE", "OBJECT_COLUMN", "OBJECT_TABCONSTRAINT") or (
         kind == "OBJECT_COLUMN" and body.get("relationType") != "OBJECT_TABLE"
     ):
-        _passthrough(a, body, "RENAME of this object type")
-        if kind not in ("OBJECT_TABLE", "OBJECT_COLUMN", "OBJECT_TABCONSTRAINT"):
-            sens = a.catalog.sensitive_names()
-            if body.get("subname") in sens or body.get("newname") in sens:
-                raise CloakError("0A000", "pgcloak does not support RENAME of this object type")
+        _check_names(a, body, "RENAME of this object type")
         return
     rel, _ = _relation(a, body["relation"], bool(body.get("missing_ok")))
     if rel is None:
@@ -352,6 +359,7 @@ def create_index(a: Analyzer, body: Node) -> None:
                 involved.append(col.phys)
         names += include
     a.expr(body.get("whereClause"), scope)
+    ddl_encrypt.check_index(a, rel, body)
     involved += [c.phys for c in a.collect]
     a.collect = None
     _index_name(a, body, rel, names, tuple(dict.fromkeys(involved)))
