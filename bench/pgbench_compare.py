@@ -286,6 +286,7 @@ class BenchContext:
     workdir: Path
     args: argparse.Namespace
     pgbench_init: Callable[[Endpoint, str], None]
+    admin_db: str = "postgres"
 
 
 class Target(ABC):
@@ -442,10 +443,7 @@ class PgcloakTarget(Target):
             *self.extra_args,
             *self.ctx.args.pgcloak_arg,
         ]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
-        )
+        env = self.proxy_env()
         with self.logfile.open("wb") as out:
             self.proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd=REPO_ROOT, env=env
@@ -453,6 +451,14 @@ class PgcloakTarget(Target):
         wait_for_port("127.0.0.1", port, self.proc, self.logfile)
         up = self.ctx.upstream
         return Endpoint("127.0.0.1", port, up.user, up.password, "disable")
+
+    def proxy_env(self) -> dict[str, str]:
+        """The proxy's environment: no inherited key, so this target never cloaks."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PGCLOAK_MASTER_KEY")}
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
+        )
+        return env
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -501,6 +507,88 @@ class PgcloakWorkersTarget(PgcloakTarget):
     name = "pgcloak-w2"
     description = "pgbench through `python -m pgcloak serve --workers 2`"
     extra_args: tuple[str, ...] = ("--workers", "2")
+
+
+@register
+class PgcloakCloakedTarget(PgcloakTarget):
+    """A cloaking pgcloak (master key) on its own database whose tables it cloaked itself.
+
+    The database `<dbname>_cloaked` is dropped, recreated, given the pgcloak registry and
+    filled with `pgbench -i -s <scale>` THROUGH the proxy, so every pgbench_* table,
+    column, index and constraint has an opaque physical name upstream and every statement
+    pgbench sends is rewritten. The key is fresh per run, so this database is always
+    recreated (also with --no-init).
+    """
+
+    name = "pgcloak-cloaked"
+    description = "pgbench through a cloaking pgcloak on a database initialised through it"
+
+    def __init__(self, ctx: BenchContext) -> None:
+        super().__init__(ctx)
+        self.logfile = ctx.workdir / "pgcloak-cloaked.log"
+        self.master_key: str | None = None
+        self.init_s: float | None = None
+
+    def dbname(self) -> str:
+        return f"{self.ctx.dbname}_cloaked"
+
+    def proxy_env(self) -> dict[str, str]:
+        from pgcloak.crypto.keys import new_master_key
+
+        self.master_key = self.master_key or new_master_key()
+        env = super().proxy_env()
+        env["PGCLOAK_MASTER_KEY"] = self.master_key
+        return env
+
+    def prepare(self, endpoint: Endpoint) -> None:
+        import psycopg
+
+        from pgcloak.crypto.keys import MasterKey
+        from pgcloak.registry.install import install
+
+        assert self.master_key is not None
+        up, dbname = self.ctx.upstream, self.dbname()
+        log(f"recreating {dbname}, installing the registry, pgbench -i through pgcloak")
+        t0 = time.monotonic()
+        create_database(up, self.ctx.admin_db, dbname)
+        with psycopg.connect(up.conninfo(dbname), autocommit=True) as conn:
+            install(conn, MasterKey.from_base64(self.master_key))
+        self.ctx.pgbench_init(endpoint, dbname)
+        self.init_s = time.monotonic() - t0
+        with psycopg.connect(up.conninfo(dbname), autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*) FILTER (WHERE relname LIKE 'pgbench%'), count(*)"
+                " FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n"
+                " ON n.oid = c.relnamespace WHERE n.nspname = 'public'"
+            ).fetchone()
+        assert row is not None
+        if row[0] or not row[1]:
+            raise RuntimeError(f"{dbname} is not cloaked: {row[0]} pgbench_* of {row[1]}")
+        log(f"{dbname} initialised through pgcloak in {self.init_s:.1f}s ({row[1]} relations)")
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "description": self.description,
+            "python": sys.version.split()[0],
+            "dbname": self.dbname(),
+            "init_through_proxy_s": self.init_s,
+        }
+
+
+@register
+class PgcloakCloakedWorkersTarget(PgcloakCloakedTarget):
+    """The cloaking pgcloak with two worker processes (one per core here)."""
+
+    name = "pgcloak-cloaked-w2"
+    description = "pgbench through a cloaking `pgcloak serve --workers 2`"
+    extra_args: tuple[str, ...] = ("--workers", "2")
+
+    def __init__(self, ctx: BenchContext) -> None:
+        super().__init__(ctx)
+        self.logfile = ctx.workdir / "pgcloak-cloaked-w2.log"
+
+    def dbname(self) -> str:
+        return f"{self.ctx.dbname}_cloaked_w2"
 
 
 # --------------------------------------------------------------------------- setup
@@ -646,13 +734,35 @@ def evaluate_goals(cells: list[Cell]) -> list[dict[str, Any]]:
     return goals
 
 
+CLOAKED_TARGET = "pgcloak-cloaked"
+RATIO_CLIENTS = 8
+
+
+def cloaked_ratios(cells: list[Cell]) -> list[dict[str, Any]]:
+    """pgcloak-cloaked tps over the other targets' at RATIO_CLIENTS, per mode."""
+    index = {(c.mode, c.clients, c.target): c for c in cells}
+    rows: list[dict[str, Any]] = []
+    for mode in dict.fromkeys(c.mode for c in cells):
+        cloak = index.get((mode, RATIO_CLIENTS, CLOAKED_TARGET))
+        if cloak is None:
+            continue
+        row: dict[str, Any] = {"mode": mode, "clients": RATIO_CLIENTS, "tps": cloak.tps}
+        for other in ("pgbouncer", "pgcloak", "direct"):
+            ref = index.get((mode, RATIO_CLIENTS, other))
+            row[f"vs_{other}"] = _ratio(cloak.tps, ref.tps) if ref is not None else None
+        rows.append(row)
+    return rows
+
+
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def render_table(cells: list[Cell], goals: list[dict[str, Any]]) -> str:
+def render_table(
+    cells: list[Cell], goals: list[dict[str, Any]], ratios: list[dict[str, Any]] | None = None
+) -> str:
     header = (
-        f"{'mode':<9} {'clients':>7}  {'target':<10} {'tps':>11} {'lat_ms':>9}"
+        f"{'mode':<9} {'clients':>7}  {'target':<15} {'tps':>11} {'lat_ms':>9}"
         f" {'vs_direct':>10} {'vs_bouncer':>11} {'+lat_us@1':>10}"
     )
     lines = [header, "-" * len(header)]
@@ -662,7 +772,7 @@ def render_table(cells: list[Cell], goals: list[dict[str, Any]]) -> str:
             lines.append("")
         previous = (c.mode, c.clients)
         row = (
-            f"{c.mode:<9} {c.clients:>7}  {c.target:<10} {_fmt(c.tps, '.1f'):>11}"
+            f"{c.mode:<9} {c.clients:>7}  {c.target:<15} {_fmt(c.tps, '.1f'):>11}"
             f" {_fmt(c.latency_ms, '.3f'):>9} {_fmt(c.tps_vs_direct, '.3f'):>10}"
             f" {_fmt(c.tps_vs_pgbouncer, '.3f'):>11} {_fmt(c.added_latency_us, '.1f'):>10}"
         )
@@ -682,6 +792,15 @@ def render_table(cells: list[Cell], goals: list[dict[str, Any]]) -> str:
             value = _fmt(g["value"], ".3f" if "tps" in g["goal"] else "+.1f")
             lines.append(
                 f"  [{verdict}] {g['mode']:<9} c={g['clients']:<3} {g['goal']} (got {value})"
+            )
+    if ratios:
+        lines.append("")
+        lines.append(f"{CLOAKED_TARGET} at {RATIO_CLIENTS} clients, tps ratio (cloaked / other):")
+        for r in ratios:
+            lines.append(
+                f"  {r['mode']:<9} / pgbouncer {_fmt(r['vs_pgbouncer'], '.3f'):>6}"
+                f"   / pgcloak (no cloaking) {_fmt(r['vs_pgcloak'], '.3f'):>6}"
+                f"   / direct {_fmt(r['vs_direct'], '.3f'):>6}"
             )
     return "\n".join(lines)
 
@@ -786,6 +905,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started_at = dt.datetime.now(dt.UTC)
+    load_start = os.getloadavg()
     planned = len(args.modes) * len(args.clients) * len(args.targets) * args.repeat
     log(f"{planned} pgbench runs x {args.duration}s = ~{planned * args.duration}s of load")
 
@@ -798,7 +918,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("pgbench not found; pass --pgbench")
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pgcloak-bench-")))
         init = make_pgbench_init(pgbench, args.scale)
-        ctx = BenchContext(upstream, args.dbname, pgbench, workdir, args, init)
+        ctx = BenchContext(upstream, args.dbname, pgbench, workdir, args, init, admin_db)
 
         if not args.no_init:
             log(f"recreating database {args.dbname} and running pgbench -i -s {args.scale}")
@@ -842,7 +962,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cells = summarise(results, args.targets)
     goals = evaluate_goals(cells)
-    print(render_table(cells, goals))
+    ratios = cloaked_ratios(cells)
+    print(render_table(cells, goals, ratios))
 
     report = {
         "meta": {
@@ -851,6 +972,8 @@ def main(argv: list[str] | None = None) -> int:
             "git_revision": git_revision(),
             "host": platform.node(),
             "cpus": os.cpu_count(),
+            "loadavg_start": load_start,
+            "loadavg_end": os.getloadavg(),
             "python": sys.version.split()[0],
             "pgbench": tool_version(pgbench),
             "upstream": {"host": upstream.host, "port": upstream.port, "embedded": embedded},
@@ -866,6 +989,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [asdict(r) for r in results],
         "summary": [asdict(c) for c in cells],
         "goals": goals,
+        "cloaked_ratios": ratios,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -80,6 +80,10 @@ U_INTERNAL: Final = 9  # a whole internal Query, through its ReadyForQuery
 _ENDS: Final = {ord("1"): U_PARSE, ord("2"): U_BIND, ord("3"): U_CLOSE, ord("V"): U_FUNC}
 _CREATES = frozenset({"CreateStmt", "CreateTableAsStmt", "ViewStmt", "CreateSeqStmt"})
 _ANCHORED = re.compile(r"\^\((.*)\)\$")
+# Statements whose planning has side effects on the session (never served from a cache).
+_SESSION_STATE = frozenset(
+    {"VariableSetStmt", "DiscardStmt", "UnlistenStmt", "TransactionStmt"} | _CREATES
+)
 _ROLLBACK_TO = re.compile(r"^\s*rollback\s+(?:work\s+|transaction\s+)?to\b", re.IGNORECASE)
 _SET_PATH = re.compile(r"search_path|\ball\b", re.IGNORECASE)
 _FRONTEND_TYPES = frozenset(b"QPBDECSHFdcfX")
@@ -271,6 +275,7 @@ class CloakSession:
         self.temp: frozenset[str] = frozenset()  # temporary relations this session made
         self._retrying = False  # this message is being planned again after a reload
         self._private_unmasker: Unmasker | None = None
+        self._parse_cache: dict[tuple[object, ...], tuple[bytes, Prepared, bytes]] = {}
         self.private_reload = False  # re-read this transaction's registry (ROLLBACK TO)
         self._parse_at_boundary = False
         self._temp_catalog: TempCatalog | None = None
@@ -750,6 +755,18 @@ class CloakSession:
         return plan.output_names
 
     def _parse(self, buf: bytes, pos: int, end: int, out: list[bytes]) -> None:
+        # The same Parse again (drivers re-parse the unnamed statement per query):
+        # reuse the earlier outcome while the catalog and search_path are unchanged.
+        message = buf[pos:end]
+        catalog = self.catalog()
+        key = (message, id(catalog), catalog.version, self.search_path)
+        hit = self._parse_cache.get(key)
+        if hit is not None:
+            name, prepared, sent = hit
+            self.stmts[name] = prepared
+            self._push(Unit(U_PARSE, plan=prepared.plan, simple=False))
+            out.append(sent)
+            return
         name, raw = two_cstrs(buf, pos + 5, end)
         rest = buf[pos + 5 + len(name) + len(raw) + 2 : end]
         try:
@@ -783,11 +800,18 @@ class CloakSession:
             return
         self.stmts[name] = prepared
         self._push(Unit(U_PARSE, plan=prepared.plan, simple=False))
-        if text == sql:
-            out.append(buf[pos:end])
-        else:
-            body = name + b"\0" + text.encode() + b"\0" + rest
-            out.append(frame(b"P", body))
+        sent = message if text == sql else frame(b"P", name + b"\0" + text.encode() + b"\0" + rest)
+        out.append(sent)
+        plan0 = prepared.plan
+        if (
+            plan0 is not None
+            and not plan0.changes
+            and plan0.sql is not None
+            and not (_sql_prepared(plan0) or plan0.statement in _SESSION_STATE)
+        ):
+            if len(self._parse_cache) >= 256:
+                self._parse_cache.clear()
+            self._parse_cache[key] = (name, prepared, sent)
 
     def _execute(self, buf: bytes, pos: int, end: int, out: list[bytes]) -> None:
         portal = one_cstr(buf, pos + 5, end)
