@@ -14,7 +14,7 @@ log, so they match registered objects by joining pgcloak.objects, never by name.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from pgcloak.crypto.keys import MasterKey
@@ -32,12 +32,15 @@ from pgcloak.registry.store import (
 )
 from pgcloak.rewriter.catalog import (
     Column,
+    ColumnPolicy,
     Constraint,
+    CreateSequence,
     CreateTable,
     Index,
     MemoryCatalog,
     OwnedSequence,
     Relation,
+    StandaloneSequence,
 )
 
 __all__ = [
@@ -122,6 +125,26 @@ UNCLOAKED_SQL = (
     "AND NOT EXISTS (SELECT FROM pgcloak.objects o WHERE o.kind IN ('t','i','s','v','m') "
     "AND o.schema_name = n.nspname AND o.physical_name = c.relname)"
 )
+# What registered views/matviews read (their rule's pg_depend entries on relations;
+# pinned system catalogs have none): (view nspname, view relname, relation nspname,
+# relation relname, owner relname). The owner is the table of an index or of an owned
+# sequence: dropping it drops them, and with CASCADE the view (see Relation.reads).
+VIEW_READS_SQL = (
+    "SELECT DISTINCT n.nspname, c.relname, dn.nspname, d.relname, ow.relname "
+    f"{_REGISTERED}JOIN pg_catalog.pg_rewrite r ON r.ev_class = c.oid "
+    "JOIN pg_catalog.pg_depend p ON p.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass "
+    "AND p.objid = r.oid AND p.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass "
+    "AND p.refobjid <> c.oid "
+    "JOIN pg_catalog.pg_class d ON d.oid = p.refobjid "
+    "JOIN pg_catalog.pg_namespace dn ON dn.oid = d.relnamespace "
+    "LEFT JOIN pg_catalog.pg_index x ON x.indexrelid = d.oid "
+    "LEFT JOIN pg_catalog.pg_depend sd ON d.relkind = 'S' "
+    "AND sd.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND sd.objid = d.oid "
+    "AND sd.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass "
+    "AND sd.refobjsubid > 0 AND sd.deptype IN ('a','i') "
+    "LEFT JOIN pg_catalog.pg_class ow ON ow.oid = COALESCE(x.indrelid, sd.refobjid) "
+    "WHERE o.kind IN ('v','m')"
+)
 
 # In LOAD_SQL order. The snapshot comes FIRST: in READ COMMITTED every statement of
 # the Query gets a newer snapshot, so everything a transaction id covered by it did
@@ -138,10 +161,11 @@ LOAD_STATEMENTS: tuple[str, ...] = (
     INDEXES_SQL,
     SEQUENCES_SQL,
     UNCLOAKED_SQL,
+    VIEW_READS_SQL,  # appended last: the proxy slices its answer by len(LOAD_STATEMENTS)
 )
 LOAD_SQL = ";\n".join(LOAD_STATEMENTS)
 LOAD_RESULT_SETS = len(LOAD_STATEMENTS)
-_WIDTHS = (1, 1, 1, 12, 3, 4, 8, 6, 4, 2)  # columns per result set, checked on parse
+_WIDTHS = (1, 1, 1, 12, 3, 4, 8, 6, 4, 2, 5)  # columns per result set, checked on parse
 
 
 class RegistryUnavailable(RegistryError):
@@ -202,7 +226,7 @@ class _ConMeta:
 
 @dataclass
 class Metadata:
-    """What pg_catalog says about the registered objects (parsed result sets 5-10)."""
+    """What pg_catalog says about the registered objects (parsed result sets 5-11)."""
 
     relations: dict[_Key, str] = field(default_factory=dict)  # -> relkind
     columns: dict[_Key, dict[int, str]] = field(default_factory=dict)  # attnum -> attname
@@ -210,10 +234,12 @@ class Metadata:
     indexes: dict[_Key, tuple[str, bool, tuple[int, ...]]] = field(default_factory=dict)
     sequences: dict[_Key, tuple[str, int]] = field(default_factory=dict)  # -> table, attnum
     uncloaked: list[tuple[str, str]] = field(default_factory=list)
+    # view -> (relation schema, relation relname, owner relname or None)
+    view_reads: dict[_Key, list[tuple[str, str, str | None]]] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, sets: Sequence[ResultSet]) -> Metadata:
-        rels, cols, cons, idxs, seqs, other = sets
+        rels, cols, cons, idxs, seqs, other, reads = sets
         meta = cls()
         for r in rels:
             meta.relations[(_s(r[0]), _s(r[1]))] = _s(r[2])
@@ -230,6 +256,9 @@ class Metadata:
         for r in seqs:
             meta.sequences[(_s(r[0]), _s(r[1]))] = (_s(r[2]), int(_s(r[3])))
         meta.uncloaked = [(_s(r[0]), _s(r[1])) for r in other]
+        for r in reads:
+            owner = None if r[4] is None else _s(r[4])
+            meta.view_reads.setdefault((_s(r[0]), _s(r[1])), []).append((_s(r[2]), _s(r[3]), owner))
         return meta
 
 
@@ -250,8 +279,6 @@ class RegistryCatalog(MemoryCatalog):
         super().__init__(uncloaked)
         self.uncloaked_misses = 0
         self.drift: list[str] = []
-        # Registered relations no Relation holds (sequences owned by nothing).
-        self._extra: dict[tuple[str, str], str] = {}
 
     @classmethod
     def build(cls, registry: Registry, meta: Metadata) -> RegistryCatalog:
@@ -261,8 +288,9 @@ class RegistryCatalog(MemoryCatalog):
                 cat._add_relation(registry, meta, obj)
             elif obj.kind == Kind.SEQUENCE and obj.parent_id is None:
                 assert obj.schema_name is not None
-                cat._extra[(obj.schema_name, obj.name)] = obj.physical_name
                 cat._check_present(meta, obj)
+                seq = StandaloneSequence(obj.schema_name, obj.name, obj.physical_name, obj.implicit)
+                cat.apply(CreateSequence(seq))
         return cat
 
     def copy(self) -> RegistryCatalog:
@@ -274,7 +302,7 @@ class RegistryCatalog(MemoryCatalog):
         new._cons = {k: list(v) for k, v in self._cons.items()}
         new._idx = {k: list(v) for k, v in self._idx.items()}
         new._seqs = {k: list(v) for k, v in self._seqs.items()}
-        new._extra = dict(self._extra)
+        new._free = dict(self._free)
         new.drift = list(self.drift)
         return new
 
@@ -283,21 +311,6 @@ class RegistryCatalog(MemoryCatalog):
         return [self._by_phys[p] for p in sorted(self._by_phys)]
 
     # -- Catalog overrides ------------------------------------------------------------
-
-    def relation_physical(self, schema: str, name: str) -> str | None:
-        found = super().relation_physical(schema, name)
-        return found if found is not None else self._extra.get((schema, name))
-
-    def relation_names(self, schema: str) -> Collection[str]:
-        names = set(super().relation_names(schema))
-        names.update(n for (s, n) in self._extra if s == schema)
-        return names
-
-    def sensitive_names(self) -> Collection[str]:
-        base = super().sensitive_names()
-        if not self._extra:
-            return base
-        return frozenset(base) | {n for _, n in self._extra}
 
     def has_uncloaked(self, schema: str, name: str) -> bool | None:
         found = super().has_uncloaked(schema, name)
@@ -338,12 +351,14 @@ class RegistryCatalog(MemoryCatalog):
                 else (1, 0, c.position or 0)
             ),
         )
+        view = obj.kind in (Kind.VIEW, Kind.MATVIEW)
         rel = Relation(
             schema,
             obj.name,
             phys,
-            tuple(Column(c.name, c.physical_name) for c in ordered),
+            tuple(Column(c.name, c.physical_name, _column_policy(c)) for c in ordered),
             _COLUMN_HOLDERS[obj.kind],
+            _view_reads(registry, meta.view_reads.get((schema, phys), [])) if view else None,
         )
         constraints = [
             self._constraint(registry, meta, rel, c, attnames=attnames, present=present)
@@ -420,6 +435,43 @@ class RegistryCatalog(MemoryCatalog):
             ref_cols,
             con.implicit,
         )
+
+
+def _column_policy(obj: RegistryObject) -> ColumnPolicy | None:
+    """An encrypted column's policy; a malformed one makes the registry unusable (a
+    column whose encryption is unknown must not be read or written as plain)."""
+    if obj.policy is None:
+        return None
+    try:
+        return ColumnPolicy.from_json(obj.policy)
+    except ValueError:
+        raise RegistryUnavailable(
+            RegistryUnavailable.CORRUPT,
+            f"the pgcloak registry has a malformed policy on column {obj.physical_name}",
+        ) from None
+
+
+def _view_reads(registry: Registry, deps: Iterable[tuple[str, str, str | None]]) -> tuple[str, ...]:
+    """Relation.reads from pg_depend rows, in the form the rewriter records it.
+
+    Cloaked relations by physical name (an index or owned sequence with its table,
+    whose drop takes them along); uncloaked ones by bare name. Sorted, like plans.
+    """
+    reads: set[str] = set()
+    for schema, relname, owner_name in deps:
+        reads.add(relname)
+        owner = None if owner_name is None else registry.by_physical(owner_name)
+        if owner is None or owner.kind not in (Kind.TABLE, Kind.MATVIEW):
+            continue
+        dep = registry.by_physical(relname)
+        if dep is None:  # the index of a PRIMARY KEY/UNIQUE/EXCLUDE constraint
+            dep = registry.by_physical(relname, owner)
+            cloaked = dep is not None and dep.kind == Kind.CONSTRAINT
+        else:
+            cloaked = dep.schema_name == schema
+        if cloaked:
+            reads.add(owner.physical_name)
+    return tuple(sorted(reads))
 
 
 # -- loading ----------------------------------------------------------------------------

@@ -16,23 +16,28 @@ from pgcloak.registry.store import Registry, RegistryError
 from pgcloak.rewriter.catalog import (
     AddColumn,
     AddConstraint,
+    AnySequence,
     CatalogChange,
     Column,
     Constraint,
     CreateIndex,
+    CreateSequence,
     CreateTable,
     CreateView,
     DropColumn,
     DropConstraint,
+    DropSequence,
     DropTable,
     DropView,
     Index,
     OwnedSequence,
     RenameColumn,
     RenameConstraint,
+    RenameSequence,
     RenameTable,
     ReplaceView,
     SetComment,
+    SetSequenceOwner,
 )
 
 __all__ = ["ChangeMismatch", "writes_for", "writes_for_all"]
@@ -69,9 +74,15 @@ def _add_columns(
     writes: list[Write] = []
     for pos, col in enumerate(columns, first):
         writes += registry.add(
-            Kind.COLUMN, col.name, parent=holder, physical_name=col.physical, position=pos
-        ).writes
+            Kind.COLUMN, col.name, parent=holder, physical_name=col.physical, position=pos,
+            policy=_policy(col),
+        ).writes  # fmt: skip
     return writes
+
+
+def _policy(col: Column) -> dict[str, str] | None:
+    """An encrypted column's policy as stored in objects.policy (JSON)."""
+    return None if col.policy is None else col.policy.to_json()
 
 
 def _child(registry: Registry, table: RegistryObject, physical: str, kind: Kind) -> RegistryObject:
@@ -130,6 +141,38 @@ def _add_sequences(
     return writes
 
 
+def _sequence(registry: Registry, seq: AnySequence) -> RegistryObject:
+    obj = registry.by_physical(seq.physical)
+    if obj is None or obj.kind != Kind.SEQUENCE:
+        raise ChangeMismatch(f"no registered sequence {seq.physical}")
+    return obj
+
+
+def _sequence_writes(registry: Registry, change: CatalogChange) -> list[Write]:
+    """Standalone sequences are parentless registry sequences; owned ones a column's child."""
+    match change:
+        case CreateSequence(seq):
+            if isinstance(seq, OwnedSequence):
+                return _add_sequences(registry, _table(registry, seq.table), [seq])
+            return registry.add(
+                Kind.SEQUENCE,
+                seq.name,
+                schema=seq.schema,
+                physical_name=seq.physical,
+                implicit=seq.implicit,
+            ).writes
+        case DropSequence(seq):
+            return registry.drop(_sequence(registry, seq).id)
+        case RenameSequence(seq, new_name):
+            return registry.rename(_sequence(registry, seq).id, new_name)
+        case SetSequenceOwner(seq, table, column):
+            owner = None
+            if table is not None and column is not None:
+                owner = _child(registry, _table(registry, table), column, Kind.COLUMN).id
+            return registry.set_parent(_sequence(registry, seq).id, owner)
+    raise TypeError(f"not a sequence change: {type(change).__name__}")
+
+
 def _drop_constraints(registry: Registry, constraints: Iterable[Constraint]) -> list[Write]:
     """Drop constraints of any table; ones already gone (cascades) are skipped."""
     writes: list[Write] = []
@@ -156,10 +199,7 @@ def writes_for(registry: Registry, change: CatalogChange) -> list[Write]:
             kind = {"view": Kind.VIEW, "matview": Kind.MATVIEW}.get(rel.kind, Kind.TABLE)
             table, writes = registry.add(kind, rel.name, schema=rel.schema,
                                          physical_name=rel.physical)  # fmt: skip
-            for pos, col in enumerate(rel.columns, 1):
-                writes += registry.add(
-                    Kind.COLUMN, col.name, parent=table, physical_name=col.physical, position=pos
-                ).writes
+            writes += _add_columns(registry, table, rel.columns, 1)
             writes += _add_constraints(registry, table, cons)
             writes += _add_indexes(registry, table, idxs)
             writes += _add_sequences(registry, table, seqs)
@@ -177,6 +217,7 @@ def writes_for(registry: Registry, change: CatalogChange) -> list[Write]:
                 parent=table,
                 physical_name=col.physical,
                 position=_next_position(registry, table),
+                policy=_policy(col),
             ).writes
             writes += _add_constraints(registry, table, cons)
             writes += _add_indexes(registry, table, idxs)
@@ -223,6 +264,8 @@ def writes_for(registry: Registry, change: CatalogChange) -> list[Write]:
             if found is None or found.kind != Kind(kind):
                 raise ChangeMismatch(f"no registered {Kind(kind).label} {physical}")
             return registry.set_comment(found.id, text)
+        case CreateSequence() | DropSequence() | RenameSequence() | SetSequenceOwner():
+            return _sequence_writes(registry, change)
     raise TypeError(f"not a catalog change: {type(change).__name__}")
 
 

@@ -19,6 +19,14 @@ Rewritten (when they touch a cloaked object; otherwise sent unchanged minus comm
   ALTER TABLE (ADD/DROP COLUMN, ADD/DROP CONSTRAINT, ALTER COLUMN TYPE/DEFAULT/
   NOT NULL), CREATE INDEX, TRUNCATE; RENAME table/column/constraint is registry-only
   (``plan.sql is None``);
+* every relation a statement creates is cloaked, whatever it reads, unless temporary
+  or declined by the cloak filter: CREATE SEQUENCE (OWNED BY), ALTER/DROP SEQUENCE,
+  RENAME (registry-only), ``nextval('s')``/``'s'::regclass`` and ``FROM s``; CREATE
+  TABLE AS and SELECT INTO (sent as CREATE TABLE AS) (ddl_create.py, ddl_sequence.py);
+* column encryption (docs/encryption-design.md): columns `encrypt_rules` select are
+  created as bytea with a `ColumnPolicy`; queries may only do on them what works on
+  ciphertext, and plans say what the proxy encrypts and decrypts (`value_slots`,
+  `param_slots`, `output_columns`, `copy_columns`; encrypted.py, ddl_encrypt.py);
 * CREATE [OR REPLACE] VIEW, CREATE MATERIALIZED VIEW (fresh physical name, explicit
   physical column list), DROP/REFRESH, ALTER [MATERIALIZED] VIEW RENAME (registry-only),
   DROP ... CASCADE follows dependent views; COMMENT ON (registry-only: the text never
@@ -35,6 +43,7 @@ relation, and cloaked names inside string literals (``'customers'::regclass``).
 """
 
 from pgcloak.rewriter.catalog import Catalog, CatalogChange, MemoryCatalog
+from pgcloak.rewriter.policy import ColumnPolicy, EncColumn, EncryptRules
 from pgcloak.rewriter.plan import CloakError, Plan, PositionMap, combine
 from pgcloak.rewriter.rewriter import Rewriter, plan_query
 
@@ -42,6 +51,9 @@ __all__ = [
     "Catalog",
     "CatalogChange",
     "CloakError",
+    "ColumnPolicy",
+    "EncColumn",
+    "EncryptRules",
     "MemoryCatalog",
     "Plan",
     "PositionMap",

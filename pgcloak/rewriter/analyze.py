@@ -21,6 +21,7 @@ from pgcloak.rewriter.catalog import (
     Catalog,
     CatalogChange,
     CloakFilter,
+    EncryptRules,
     Relation,
     find_relation,
     uncloaked_exists,
@@ -138,6 +139,10 @@ class Analyzer(ABC):
         self.collect: list[Col] | None = None  # columns referenced (for CHECK names)
         self.claimed: set[int] = set()
         self.cloak_filter: CloakFilter | None = None  # which new tables get cloaked
+        self.encrypt_rules: EncryptRules | None = None  # which new columns get encrypted
+        self.encrypted = False  # a relation with encrypted columns is involved
+        self.whole_rows: set[int] = set()  # ColumnRefs (id) of whole rows holding ciphertext
+        self.notice_names: list[tuple[str, str]] = []  # (dummy physical, client's name)
         self._aliases = 0
 
     # -- bookkeeping ----------------------------------------------------------------
@@ -162,6 +167,8 @@ class Analyzer(ABC):
         self.touched = True
         self.sensitive.add(rel.name)
         self.sensitive.update(c.name for c in rel.columns)
+        if not self.encrypted and any(c.policy is not None for c in rel.columns):
+            self.encrypted = True
         if self.deferred is not None:
             raise self.deferred
 
@@ -175,7 +182,9 @@ class Analyzer(ABC):
     def find(self, schema: str | None, name: str) -> Relation | None:
         return find_relation(self.catalog, schema, name, self.search_path)
 
-    def uncloaked(self, schema: str | None, name: str, tok: int, missing_ok: bool = False) -> None:
+    def uncloaked(
+        self, schema: str | None, name: str, tok: int, missing_ok: bool = False, kind: str = "t"
+    ) -> None:
         """Token `tok` names a relation that is not cloaked: keep it, unless it can't exist.
 
         When the catalog knows it does not exist, refuse like the server would
@@ -184,11 +193,21 @@ class Analyzer(ABC):
         if uncloaked_exists(self.catalog, schema, name, self.search_path) is False:
             self.touched = True  # the name is not ours to send, even if it names nothing
             if missing_ok:
-                self.edits.set(tok, new_physical_name("t"))
+                self.edits.set(tok, self.dummy(name, kind))
                 return
             qualified = f"{schema}.{name}" if schema else name
             raise CloakError("42P01", f'relation "{qualified}" does not exist', self.ts.pos(tok))
         self.kept.add(tok)
+
+    def dummy(self, name: str, kind: str) -> str:
+        """A fresh physical name standing for the client's `name` of a missing object.
+
+        Sent under IF EXISTS so the client's word stays here; the server's NOTICE
+        then names the dummy, which the plan maps back (`Plan.notice_names`).
+        """
+        physical = new_physical_name(kind)
+        self.notice_names.append((physical, name))
+        return physical
 
     def new_alias(self, name: str, tok: int) -> str:
         """Replace the client's alias token `tok` (naming `name`) with a fresh opaque alias."""
@@ -414,6 +433,8 @@ class Analyzer(ABC):
         if item.cloaked and item.relation is not None:
             self.touch(item.relation)
         if star:
+            if any(c.enc is not None for c in item.cols or ()):
+                self.whole_rows.add(id(body))
             return
         if item.cols is None and not item.cloaked:
             # Qualified by a relation pgcloak does not cloak: the name is that relation's
@@ -500,6 +521,8 @@ class Analyzer(ABC):
             unknown_seen = unknown_seen or unknown_here
         whole = self.find_item(scope, name, None)
         if whole is not None:  # whole-row reference to a FROM item
+            if any(c.enc is not None for c in whole.cols or ()):
+                self.whole_rows.add(id(body))
             if whole.qual is not None:
                 self.edits.set(tok, whole.qual)
                 self.colrefs[id(body)] = Col(name, whole.qual)

@@ -1,8 +1,9 @@
-"""The slice of the registry the rewriter needs, as a Protocol plus plain data.
+"""The slice of the registry the rewriter needs: a Protocol and an in-memory implementation.
 
 The rewriter only reads a `Catalog`; DDL plans describe their effect as
-`CatalogChange` values that the caller applies once the server has accepted the
-statement (for the proxy: registry writes; for tests: `MemoryCatalog.apply`).
+`CatalogChange` values (pgcloak.rewriter.objects, re-exported here) that the
+caller applies once the server has accepted the statement (for the proxy:
+registry writes; for tests: `MemoryCatalog.apply`).
 All names here are exact PostgreSQL names (already case-folded by the parser);
 "physical" is what the database sees, "name" the client's semantic name. Tables
 are identified by their physical name, which never changes.
@@ -12,33 +13,72 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Protocol
+
+from pgcloak.rewriter.objects import (
+    AddColumn,
+    AddConstraint,
+    AnySequence,
+    CatalogChange,
+    Column,
+    Constraint,
+    CreateIndex,
+    CreateSequence,
+    CreateTable,
+    CreateView,
+    DropColumn,
+    DropConstraint,
+    DropSequence,
+    DropTable,
+    DropView,
+    Index,
+    OwnedSequence,
+    Relation,
+    RenameColumn,
+    RenameConstraint,
+    RenameSequence,
+    RenameTable,
+    ReplaceView,
+    SetComment,
+    SetSequenceOwner,
+    StandaloneSequence,
+)
+from pgcloak.rewriter.policy import ColumnPolicy, EncColumn, EncryptRules
 
 __all__ = [
     "AddColumn",
     "AddConstraint",
+    "AnySequence",
     "Catalog",
     "CatalogChange",
     "CloakFilter",
     "Column",
+    "ColumnPolicy",
     "Constraint",
     "CreateIndex",
+    "CreateSequence",
     "CreateTable",
     "CreateView",
     "DropColumn",
     "DropConstraint",
+    "DropSequence",
     "DropTable",
     "DropView",
+    "EncColumn",
+    "EncryptRules",
     "Index",
     "MemoryCatalog",
     "OwnedSequence",
     "Relation",
     "RenameColumn",
     "RenameConstraint",
+    "RenameSequence",
     "RenameTable",
     "ReplaceView",
     "SetComment",
+    "SetSequenceOwner",
+    "StandaloneSequence",
     "creation_schema",
     "find_relation",
     "uncloaked_exists",
@@ -46,228 +86,8 @@ __all__ = [
 
 DEFAULT_SEARCH_PATH = ("public",)
 
-# (schema, table) -> whether a new table is to be cloaked.
+# (schema, name) -> whether a new relation (table, view, sequence...) is to be cloaked.
 CloakFilter = Callable[[str, str], bool]
-
-
-@dataclass(frozen=True)
-class Column:
-    # Semantic names stay out of reprs everywhere here: reprs end up in logs/tracebacks.
-    name: str = field(repr=False)
-    physical: str
-
-
-@dataclass(frozen=True)
-class Relation:
-    """A cloaked table or view; `columns` in attribute order (what `*` expands to).
-
-    `kind` is "table", "view" or "matview". For views, `reads` lists what the
-    defining query reads: physical names of cloaked relations and the bare names of
-    uncloaked ones; PostgreSQL drops the view with any of them (CASCADE). None means
-    unknown (e.g. loaded without dependency data): then CASCADE drops are refused.
-    """
-
-    schema: str
-    name: str = field(repr=False)
-    physical: str
-    columns: tuple[Column, ...]
-    kind: str = "table"
-    reads: tuple[str, ...] | None = None
-
-    def column(self, name: str) -> Column | None:
-        for col in self.columns:
-            if col.name == name:
-                return col
-        return None
-
-    def column_by_physical(self, physical: str) -> Column | None:
-        for col in self.columns:
-            if col.physical == physical:
-                return col
-        return None
-
-
-@dataclass(frozen=True)
-class Constraint:
-    """A table constraint. `contype` as pg_constraint: p, u, f, c, x.
-
-    `columns` are the physical columns it involves (key columns, or the columns a
-    CHECK references); FKs also record the referenced table and columns (physical;
-    `ref_table` None when the referenced table is not cloaked). p/u/x constraints
-    own an index with the same physical name.
-    """
-
-    schema: str
-    table: str
-    name: str = field(repr=False)
-    physical: str
-    contype: str
-    columns: tuple[str, ...] = ()
-    ref_table: str | None = None
-    ref_columns: tuple[str, ...] = ()
-    implicit: bool = False
-
-
-@dataclass(frozen=True)
-class Index:
-    """A plain index (CREATE INDEX); constraint-backed indexes live in `Constraint`."""
-
-    schema: str
-    table: str
-    name: str = field(repr=False)
-    physical: str
-    columns: tuple[str, ...] = ()
-    unique: bool = False
-    implicit: bool = False
-
-
-@dataclass(frozen=True)
-class OwnedSequence:
-    """The sequence behind a serial or identity column (physical: PostgreSQL's derived name)."""
-
-    schema: str
-    name: str = field(repr=False)
-    physical: str
-    table: str
-    column: str
-    implicit: bool = True
-
-
-# -- catalog changes (data only; see MemoryCatalog.apply for their meaning) -------------
-
-
-@dataclass(frozen=True)
-class CreateTable:
-    table: Relation
-    constraints: tuple[Constraint, ...] = ()
-    indexes: tuple[Index, ...] = ()
-    sequences: tuple[OwnedSequence, ...] = ()
-
-
-@dataclass(frozen=True)
-class DropTable:
-    """Drop a table with everything it owns; `constraints`: other tables' FKs dropped too."""
-
-    table: str
-    constraints: tuple[Constraint, ...] = ()
-
-
-@dataclass(frozen=True)
-class RenameTable:
-    table: str
-    new_name: str = field(repr=False)
-
-
-@dataclass(frozen=True)
-class AddColumn:
-    table: str
-    column: Column
-    constraints: tuple[Constraint, ...] = ()
-    indexes: tuple[Index, ...] = ()
-    sequences: tuple[OwnedSequence, ...] = ()
-
-
-@dataclass(frozen=True)
-class DropColumn:
-    """Drop a column and the constraints, indexes and sequences that go with it."""
-
-    table: str
-    column: str
-    constraints: tuple[Constraint, ...] = ()
-    indexes: tuple[Index, ...] = ()
-    sequences: tuple[OwnedSequence, ...] = ()
-
-
-@dataclass(frozen=True)
-class RenameColumn:
-    table: str
-    column: str
-    new_name: str = field(repr=False)
-
-
-@dataclass(frozen=True)
-class AddConstraint:
-    constraint: Constraint
-
-
-@dataclass(frozen=True)
-class DropConstraint:
-    """Drop a constraint; `cascaded`: FKs of other tables dropped with it (CASCADE)."""
-
-    table: str
-    constraint: str
-    cascaded: tuple[Constraint, ...] = ()
-
-
-@dataclass(frozen=True)
-class RenameConstraint:
-    table: str
-    constraint: str
-    new_name: str = field(repr=False)
-
-
-@dataclass(frozen=True)
-class CreateIndex:
-    index: Index
-
-
-@dataclass(frozen=True)
-class CreateView:
-    """A new view or materialized view (`view.kind`) with its columns and `reads`."""
-
-    view: Relation
-
-
-@dataclass(frozen=True)
-class ReplaceView:
-    """CREATE OR REPLACE VIEW of a cloaked view: `columns` appended, `reads` replaced."""
-
-    view: str
-    columns: tuple[Column, ...] = ()
-    reads: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class DropView:
-    """Drop a view or materialized view with its columns (and a matview's indexes).
-
-    Views dropped by CASCADE come as further DropView changes of the same plan.
-    """
-
-    view: str
-
-
-@dataclass(frozen=True)
-class SetComment:
-    """COMMENT ON a cloaked object: kept in the registry only, never in pg_description.
-
-    `kind` is the registry kind letter (t table, v view, m matview, c column,
-    k constraint, i index, s sequence); `parent_physical` is the relation of a
-    column or constraint (None for relations). `comment` None removes it.
-    """
-
-    kind: str
-    physical: str
-    parent_physical: str | None = None
-    comment: str | None = field(default=None, repr=False)
-
-
-CatalogChange = (
-    CreateTable
-    | DropTable
-    | RenameTable
-    | AddColumn
-    | DropColumn
-    | RenameColumn
-    | AddConstraint
-    | DropConstraint
-    | RenameConstraint
-    | CreateIndex
-    | CreateView
-    | ReplaceView
-    | DropView
-    | SetComment
-)
 
 
 class Catalog(Protocol):
@@ -285,6 +105,10 @@ class Catalog(Protocol):
     def indexes(self, table: str) -> Sequence[Index]: ...
 
     def sequences(self, table: str) -> Sequence[OwnedSequence]: ...
+
+    def standalone_sequence(self, physical: str) -> StandaloneSequence | None:
+        """The cloaked sequence of that physical name if no column owns it."""
+        ...
 
     def foreign_keys_to(self, table: str) -> Sequence[Constraint]:
         """FK constraints of any table that reference `table` (physical)."""
@@ -382,6 +206,7 @@ class MemoryCatalog:
         self._cons: dict[str, list[Constraint]] = {}
         self._idx: dict[str, list[Index]] = {}
         self._seqs: dict[str, list[OwnedSequence]] = {}
+        self._free: dict[str, StandaloneSequence] = {}  # sequences no column owns
         self._comments: dict[tuple[str, str | None, str], str] = {}
         self._sensitive: frozenset[str] | None = None
 
@@ -406,6 +231,9 @@ class MemoryCatalog:
     def sequences(self, table: str) -> Sequence[OwnedSequence]:
         return tuple(self._seqs.get(table, ()))
 
+    def standalone_sequence(self, physical: str) -> StandaloneSequence | None:
+        return self._free.get(physical)
+
     def foreign_keys_to(self, table: str) -> Sequence[Constraint]:
         return tuple(
             c
@@ -426,6 +254,9 @@ class MemoryCatalog:
                 yield i.name, i.physical
             for s in self._seqs.get(rel.physical, ()):
                 yield s.name, s.physical
+        for free in self._free.values():
+            if free.schema == schema:
+                yield free.name, free.physical
 
     def relation_physical(self, schema: str, name: str) -> str | None:
         for sem, phys in self._relation_objects(schema):
@@ -453,6 +284,7 @@ class MemoryCatalog:
             for rel in self._by_phys.values():
                 names.update(sem for sem, _ in self._relation_objects(rel.schema))
             names.update(c.name for cons in self._cons.values() for c in cons)
+            names.update(s.name for s in self._free.values())
             self._sensitive = frozenset(names)
         return self._sensitive
 
@@ -520,7 +352,49 @@ class MemoryCatalog:
                 k: v for k, v in self._comments.items() if physical not in (k[1], k[2])
             }
 
+    def _add_sequence(self, seq: AnySequence) -> None:
+        if isinstance(seq, OwnedSequence):
+            self._rel(seq.table)
+            self._seqs.setdefault(seq.table, []).append(seq)
+        else:
+            self._free[seq.physical] = seq
+
+    def _pop_sequence(self, physical: str) -> AnySequence:
+        """Remove a sequence (owned or not) by physical name; returns what was stored."""
+        free = self._free.pop(physical, None)
+        if free is not None:
+            return free
+        for seqs in self._seqs.values():
+            for k, seq in enumerate(seqs):
+                if seq.physical == physical:
+                    return seqs.pop(k)
+        raise KeyError(f"no cloaked sequence {physical}")
+
+    def _apply_sequence(self, change: CatalogChange) -> None:
+        match change:
+            case CreateSequence(seq):
+                self._add_sequence(seq)
+            case DropSequence(seq):
+                self._pop_sequence(seq.physical)
+                self._comments.pop(("s", None, seq.physical), None)
+            case RenameSequence(seq, new_name):
+                old = self._pop_sequence(seq.physical)
+                self._add_sequence(replace(old, name=new_name, implicit=False))
+            case SetSequenceOwner(seq, table, column):
+                old = self._pop_sequence(seq.physical)
+                if table is None or column is None:
+                    new: AnySequence = StandaloneSequence(
+                        old.schema, old.name, old.physical, old.implicit
+                    )
+                else:
+                    new = OwnedSequence(old.schema, old.name, old.physical, table, column,
+                                        old.implicit)  # fmt: skip
+                self._add_sequence(new)
+
     def _apply(self, change: CatalogChange) -> None:
+        if isinstance(change, CreateSequence | DropSequence | RenameSequence | SetSequenceOwner):
+            self._apply_sequence(change)
+            return
         match change:
             case CreateTable(table, cons, idxs, seqs):
                 self._put(table)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from pgcloak.rewriter import dml
 from pgcloak.rewriter.analyze import iter_relnames
 from pgcloak.rewriter.plan import CloakError
-from pgcloak.rewriter.scope import Col, Item, Node, Scope, node_kind
+from pgcloak.rewriter.scope import Col, Item, Node, Scope, node_kind, relation_cols
 
 if TYPE_CHECKING:
     from pgcloak.rewriter.query import QueryAnalyzer as Analyzer
@@ -79,7 +79,7 @@ def _relation(a: Analyzer, rv: Node) -> tuple[Item, int]:
         return Item(name, None, None, schema), toks[-1]
     a.touch(rel)
     a.edits.set(toks[-1], rel.physical)
-    cols = [Col(c.name, c.physical) for c in rel.columns]
+    cols = relation_cols(rel)
     return Item(name, rel.physical, cols, rel.schema, cloaked=True, relation=rel), toks[-1]
 
 

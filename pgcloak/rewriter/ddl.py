@@ -17,6 +17,7 @@ from pgcloak.registry.names import (
     implicit_sequence_name,
     new_physical_name,
 )
+from pgcloak.rewriter import ddl_encrypt
 from pgcloak.rewriter.catalog import (
     Column,
     Constraint,
@@ -31,7 +32,7 @@ from pgcloak.rewriter.scope import Col, Item, Node, Scope, node_kind
 if TYPE_CHECKING:
     from pgcloak.rewriter.query import QueryAnalyzer as Analyzer
 
-__all__ = ["TableBuilder", "create_table", "new_column"]
+__all__ = ["TableBuilder", "create_table", "new_column", "uncloaked_create"]
 
 _LPAR = "ASCII_40"
 _SERIAL_TYPES = frozenset({"serial", "serial4", "bigserial", "serial8", "smallserial", "serial2"})
@@ -351,11 +352,46 @@ class TableBuilder:
         return constraints, sequences
 
 
+# LIKE options that copy nothing named: COMPRESSION, DEFAULTS, GENERATED, STORAGE.
+# (CONSTRAINTS, INDEXES, IDENTITY and STATISTICS would make PostgreSQL name new objects;
+# COMMENTS live in the registry, where LIKE does not look.)
+_LIKE_OPTIONS = (1 << 1) | (1 << 3) | (1 << 4) | (1 << 8)
+
+
+def _like(a: Analyzer, clause: Node) -> tuple[Column, ...]:
+    """LIKE a cloaked table: its columns, under the same physical names (what PostgreSQL
+    copies); LIKE a relation pgcloak does not cloak is refused (its columns are unknown)."""
+    rv = clause["relation"]
+    schema = rv.get("schemaname")
+    parts = [p for p in (rv.get("catalogname"), schema, rv["relname"]) if p is not None]
+    toks = a.name_tokens(rv.get("location", 0), parts)
+    a.kept.update(toks[:-1])
+    src = a.find(schema, rv["relname"])
+    if src is None or src.kind != "table":
+        raise CloakError("0A000", "pgcloak does not support LIKE of a relation it does not cloak")
+    a.touch(src)
+    a.edits.set(toks[-1], src.physical)
+    if clause.get("options", 0) & ~_LIKE_OPTIONS:
+        raise CloakError(
+            "0A000",
+            "pgcloak supports LIKE ... INCLUDING DEFAULTS, GENERATED, STORAGE and COMPRESSION only",
+        )
+    return src.columns
+
+
+def uncloaked_create(a: Analyzer, rv: Node) -> bool:
+    """Whether the relation a CREATE names stays uncloaked: it is temporary, or the
+    configured cloak filter declines it. Every other relation created through
+    pgcloak is cloaked (tables, views, materialized views, sequences)."""
+    schema = rv.get("schemaname") or creation_schema(a.search_path) or ""
+    if rv.get("relpersistence") == "t" or schema.startswith("pg_temp"):
+        return True
+    return a.cloak_filter is not None and not a.cloak_filter(schema, rv["relname"])
+
+
 def create_table(a: Analyzer, body: Node) -> None:
     rv = body["relation"]
-    target_schema = rv.get("schemaname") or creation_schema(a.search_path) or ""
-    declined = a.cloak_filter is not None and not a.cloak_filter(target_schema, rv["relname"])
-    if rv.get("relpersistence") == "t" or declined:
+    if uncloaked_create(a, rv):
         # Temporary tables and tables the configuration leaves out are created as
         # written; they may not depend on cloaked ones (their definitions would leak).
         if a.mentions_cloaked(body):
@@ -363,6 +399,8 @@ def create_table(a: Analyzer, body: Node) -> None:
             raise CloakError(
                 "0A000", "pgcloak does not support uncloaked tables that refer to cloaked ones"
             )
+        schema = rv.get("schemaname") or creation_schema(a.search_path) or ""
+        ddl_encrypt.check_uncloaked(a, schema, rv["relname"], body.get("tableElts"))
         return
     for key, what in (
         ("inhRelations", "INHERITS"),
@@ -406,6 +444,12 @@ def create_table(a: Analyzer, body: Node) -> None:
             a.sensitive.add(cname)
             columns.append(col)
             coldefs.append((eb, col))
+        elif kind == "TableLikeClause":
+            for col in _like(a, eb):
+                if any(c.name == col.name for c in columns):
+                    raise CloakError("42701", f'column "{col.name}" specified more than once')
+                taken.add(col.physical)
+                columns.append(col)
         elif kind != "Constraint":
             raise CloakError("0A000", f"pgcloak does not support {kind} in CREATE TABLE")
     rel = Relation(schema, name, physical, tuple(columns))
@@ -415,8 +459,9 @@ def create_table(a: Analyzer, body: Node) -> None:
         kind, eb = node_kind(elt)
         if kind == "Constraint":
             builder.constraint(eb, None, None)
-        else:
+        elif kind == "ColumnDef":
             builder.column(*next(defs))
     constraints, sequences = builder.finish()
+    rel = ddl_encrypt.create_table(a, rel, coldefs, constraints)  # encrypted columns: bytea
     if existing is None:
         a.changes.append(CreateTable(rel, tuple(constraints), (), tuple(sequences)))

@@ -16,9 +16,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pgcloak.registry.names import new_physical_name
-from pgcloak.rewriter import ddl_alter, ddl_misc
+from pgcloak.rewriter import ddl_alter, ddl_encrypt, ddl_misc
 from pgcloak.rewriter.analyze import iter_relnames, split_qualified
 from pgcloak.rewriter.catalog import (
+    CreateTable,
     CreateView,
     DropTable,
     DropView,
@@ -29,7 +30,7 @@ from pgcloak.rewriter.catalog import (
     creation_schema,
     uncloaked_exists,
 )
-from pgcloak.rewriter.ddl import new_column
+from pgcloak.rewriter.ddl import new_column, uncloaked_create
 from pgcloak.rewriter.ddl_misc import Found, check_unmentioned, lookup, relation_tokens
 from pgcloak.rewriter.plan import CloakError
 from pgcloak.rewriter.scope import Node
@@ -37,7 +38,7 @@ from pgcloak.rewriter.scope import Node
 if TYPE_CHECKING:
     from pgcloak.rewriter.query import QueryAnalyzer as Analyzer
 
-__all__ = ["cascade", "handler"]
+__all__ = ["cascade", "create_relation", "handler", "refuse_uncloaked_dependents"]
 
 Handler = Callable[["Analyzer", Node], None]
 _LPAR, _RPAR, _COMMA = "ASCII_40", "ASCII_41", "ASCII_44"
@@ -86,16 +87,25 @@ def handler(kind: str, body: Node) -> Handler | None:
 
 
 def create_view(a: Analyzer, body: Node) -> None:
-    _create(a, body, body["view"], body.get("aliases"), "view", replace=bool(body.get("replace")))
+    create_relation(
+        a, body, body["view"], body.get("aliases"), "view", replace=bool(body.get("replace"))
+    )
 
 
 def create_matview(a: Analyzer, body: Node) -> None:
     into = body["into"]
     if_not_exists = bool(body.get("if_not_exists"))
-    _create(a, body, into["rel"], into.get("colNames"), "matview", if_not_exists=if_not_exists)
+    create_relation(
+        a, body, into["rel"], into.get("colNames"), "matview", if_not_exists=if_not_exists
+    )
 
 
-def _create(
+_WHAT = {"view": "CREATE VIEW", "matview": "CREATE MATERIALIZED VIEW", "table": "CREATE TABLE AS"}
+_LABEL = {"view": "view", "matview": "materialized view", "table": "table"}
+Place = Callable[[str, list[str]], None]
+
+
+def create_relation(
     a: Analyzer,
     body: Node,
     rv: Node,
@@ -104,37 +114,60 @@ def _create(
     *,
     replace: bool = False,
     if_not_exists: bool = False,
+    place: Place | None = None,
 ) -> None:
+    """A relation defined by `body["query"]`: view, matview or (CREATE TABLE AS) table.
+
+    Cloaked whatever the query reads, unless temporary or declined by the cloak
+    filter (then sent as written, provided it names nothing cloaked). `place(physical,
+    column physicals)` puts the names into the text when they do not go where the
+    client wrote the relation name (SELECT INTO); by default they replace that name
+    and fill in the column list.
+    """
     ts, catalog = a.ts, a.catalog
-    what = "CREATE VIEW" if kind == "view" else "CREATE MATERIALIZED VIEW"
+    what, label = _WHAT[kind], _LABEL[kind]
     query = body["query"]
     name = rv["relname"]
     schema = rv.get("schemaname") or creation_schema(a.search_path)
     _, _, toks = relation_tokens(a, rv)
     name_tok = toks[-1]
     existing = catalog.relation_physical(schema, name) if schema is not None else None
-    if any(ts.name(i) == "RECURSIVE" for i in range(a.lo, name_tok)):
-        if existing is not None or a.mentions_cloaked(query):
+    uncloaked = uncloaked_create(a, rv)
+    if kind == "view" and any(ts.name(i) == "RECURSIVE" for i in range(a.lo, name_tok)):
+        if not uncloaked or existing is not None or a.mentions_cloaked(query):
             a.touched = True
             raise CloakError("0A000", "pgcloak does not support CREATE RECURSIVE VIEW")
         check_unmentioned(a, body, what)
         return
     out = a.statement(query, None)
-    if not a.touched and existing is None:
-        check_unmentioned(a, body, what)  # a view over uncloaked relations only
+    if uncloaked:
+        if a.touched:
+            temp = rv.get("relpersistence") == "t" or (schema or "").startswith("pg_temp")
+            adjective = "temporary" if temp else "uncloaked (cloak filter)"
+            raise CloakError(
+                "0A000", f"pgcloak does not support {adjective} {label}s of cloaked tables"
+            )
+        check_unmentioned(a, body, what)
+        return
+    if (
+        not a.touched
+        and existing is None
+        and (replace or if_not_exists)
+        and schema is not None
+        and catalog.has_uncloaked(schema, name)
+    ):  # replaces or skips a relation pgcloak does not cloak: no new relation
+        check_unmentioned(a, body, what)
         return
     a.touched = True
     if a.deferred is not None:
         raise a.deferred
-    if rv.get("relpersistence") == "t" or (schema or "").startswith("pg_temp"):
-        raise CloakError("0A000", f"pgcloak does not support temporary {kind}s of cloaked tables")
     if schema is None:
         raise CloakError("3F000", "no schema has been selected to create in")
     if out is None:
         raise CloakError(
             "0A000",
-            "pgcloak cannot name the output columns of * over a relation it does not cloak "
-            "in a view of cloaked objects; list the columns",
+            f"pgcloak cannot name the output columns of * over a relation it does not cloak "
+            f"in a {label} it cloaks; list the columns",
         )
     given = [_sval(n) for n in aliases or ()]
     if len(given) > len(out):
@@ -150,7 +183,10 @@ def _create(
         if n in seen:
             raise CloakError("42701", f'column "{n}" specified more than once')
         seen.add(n)
-    a.sensitive.update(names)
+    # Output names the query spells as they are (columns of uncloaked relations, function
+    # names) are no secret; the others (aliases, cloaked columns) must not stay in the text.
+    a.sensitive.update(given)
+    a.sensitive.update(c.name for c in out[len(given) :] if c.phys != c.name)
     a.sensitive.add(name)
     old: Relation | None = None
     if existing is not None or catalog.has_uncloaked(schema, name):
@@ -177,11 +213,18 @@ def _create(
                     "42P16", f'cannot change name of view column "{col.name}" to "{new}"'
                 )
     physical = old.physical if old is not None else new_physical_name(kind[0])
-    a.edits.set(name_tok, physical)
     kept = list(old.columns) if old is not None else []
     taken = {c.physical for c in kept}
     columns = kept + [new_column(a, schema, n, taken) for n in names[len(kept) :]]
-    _column_list(a, name_tok, given, [c.physical for c in columns])
+    columns = ddl_encrypt.derived_columns(a, kind, (schema, name), columns, out, kept=len(kept))
+    if place is None:
+        a.edits.set(name_tok, physical)
+        _column_list(a, name_tok, given, [c.physical for c in columns])
+    else:
+        place(physical, [c.physical for c in columns])
+    if kind == "table":
+        a.changes.append(CreateTable(Relation(schema, name, physical, tuple(columns))))
+        return
     reads = _reads(a, query)
     if old is not None:
         a.changes.append(ReplaceView(old.physical, tuple(columns[len(kept) :]), reads))
@@ -210,7 +253,9 @@ def _reads(a: Analyzer, query: Node) -> tuple[str, ...]:
     """What the view depends on: cloaked relations (physical) and uncloaked ones (name).
 
     Like PostgreSQL's dependency recording: every relation in FROM, plus the ones
-    named by regclass constants ('t'::regclass, nextval('s')) with their owners.
+    named by regclass constants ('t'::regclass, nextval('s')), indexes and owned
+    sequences with their owners (dropping the owner drops them). Sorted, as the
+    registry load (pgcloak.registry.catalog) rebuilds it.
     """
     ts = a.ts
     reads = _regclass_reads(a, query)
@@ -222,11 +267,12 @@ def _reads(a: Analyzer, query: Node) -> tuple[str, ...]:
         tok = ts.at(loc) + 2 * (nparts - 1)
         new = a.edits.replace.get(tok)
         if new is not None:
-            if a.catalog.relation_by_physical(new) is not None:
-                reads.append(new)
+            found = lookup(a, rv.get("schemaname"), rv["relname"])
+            if found is not None and found.physical == new:  # not a CTE of the same name
+                reads += [p for p in (found.physical, found.owner) if p is not None]
         elif tok in a.kept:
             reads.append(rv["relname"])
-    return tuple(dict.fromkeys(reads))
+    return tuple(sorted(set(reads)))
 
 
 def _regclass_reads(a: Analyzer, node: Any) -> list[str]:
@@ -288,7 +334,7 @@ def cascade(a: Analyzer, roots: list[str], what: str) -> list[str]:
     return out
 
 
-def _refuse_uncloaked_dependents(a: Analyzer, names: list[str], what: str) -> None:
+def refuse_uncloaked_dependents(a: Analyzer, names: list[str], what: str) -> None:
     """CASCADE on uncloaked relations must not silently drop cloaked views."""
     for name in names:
         deps = a.catalog.dependent_views(name)
@@ -338,7 +384,7 @@ def drop_view(a: Analyzer, body: Node) -> None:
         dropped.append(found.physical)
     what = "DROP MATERIALIZED VIEW" if matview else "DROP VIEW"
     if body.get("behavior") == "DROP_CASCADE":
-        _refuse_uncloaked_dependents(a, uncloaked, what)
+        refuse_uncloaked_dependents(a, uncloaked, what)
         dropped += [v for v in cascade(a, dropped, what) if v not in dropped]
     a.changes.extend(DropView(v) for v in dropped)
 
@@ -352,7 +398,7 @@ def drop_table_cascade(a: Analyzer, body: Node) -> None:
         parts = [_sval(p) for p in obj["List"]["items"]]
         if a.find(parts[-2] if len(parts) > 1 else None, parts[-1]) is None:
             uncloaked.append(parts[-1])
-    _refuse_uncloaked_dependents(a, uncloaked, "DROP TABLE")
+    refuse_uncloaked_dependents(a, uncloaked, "DROP TABLE")
     a.changes.extend(DropView(v) for v in cascade(a, roots, "DROP TABLE"))
 
 
@@ -461,6 +507,6 @@ def _hide_names(a: Analyzer, body: Node, column: bool) -> None:
     last = a.hi - 1
     while last > a.lo and ts.name(last) == "ASCII_59":
         last -= 1
-    a.edits.set(ts.expect(last, body["newname"]), new_physical_name("c" if column else "v"))
+    a.edits.set(ts.expect(last, body["newname"]), a.dummy(body["newname"], "c" if column else "v"))
     if column:
-        a.edits.set(ts.expect(last - 2, body["subname"]), new_physical_name("c"))
+        a.edits.set(ts.expect(last - 2, body["subname"]), a.dummy(body["subname"], "c"))

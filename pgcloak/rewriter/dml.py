@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pgcloak.rewriter import encrypted
 from pgcloak.rewriter.plan import CloakError
-from pgcloak.rewriter.scope import Col, Item, Node, Scope, node_kind
+from pgcloak.rewriter.scope import Col, Item, Node, Scope, node_kind, relation_cols
 
 if TYPE_CHECKING:
     from pgcloak.rewriter.query import QueryAnalyzer as Analyzer
@@ -199,7 +200,9 @@ def join(a: Analyzer, body: Node, scope: Scope, prior: list[Item]) -> tuple[list
             continue
         if left[0].phys != right[0].phys:
             a.unsupported("USING/NATURAL joins of columns with different physical names", body, tok)
-        merged.append(Col(name, left[0].phys))
+        if left[0].enc is not None or right[0].enc is not None:
+            encrypted.check_join(a, left[0], right[0], tok)
+        merged.append(Col(name, left[0].phys, left[0].enc))
         if tok is not None:
             a.rename(tok, left[0].phys)
     quals = body.get("quals")
@@ -230,7 +233,7 @@ def _target(a: Analyzer, rv: Node, scope: Scope) -> Item:
     if rel is not None:
         a.touch(rel)
         a.edits.set(toks[-1], rel.physical)
-        cols = [Col(c.name, c.physical) for c in rel.columns]
+        cols = relation_cols(rel)
         item = Item(name, rel.physical, cols, rel.schema, cloaked=True, relation=rel)
     else:
         a.uncloaked(schema, name, toks[-1])

@@ -17,10 +17,12 @@ from pgcloak.rewriter.catalog import (
     CatalogChange,
     Constraint,
     CreateIndex,
+    CreateSequence,
     CreateTable,
     CreateView,
     DropColumn,
     DropConstraint,
+    DropSequence,
     DropTable,
     DropView,
     Index,
@@ -29,8 +31,11 @@ from pgcloak.rewriter.catalog import (
     Relation,
     RenameColumn,
     RenameConstraint,
+    RenameSequence,
     RenameTable,
     ReplaceView,
+    SetSequenceOwner,
+    StandaloneSequence,
 )
 
 __all__ = ["OverlayCatalog"]
@@ -57,7 +62,20 @@ def _tables(change: CatalogChange) -> set[str]:
             return {view.physical}
         case ReplaceView(view) | DropView(view):
             return {view}
+        case SetSequenceOwner(seq, table):
+            owners = {table} if table is not None else set()
+            return owners | ({seq.table} if isinstance(seq, OwnedSequence) else set())
+        case CreateSequence(seq) | DropSequence(seq) | RenameSequence(seq):
+            return {seq.table} if isinstance(seq, OwnedSequence) else set()
     return set()  # SetComment: comments play no part in planning
+
+
+def _free_sequence(change: CatalogChange) -> StandaloneSequence | None:
+    """The standalone sequence an existing-sequence change modifies, if any."""
+    match change:
+        case DropSequence(seq) | RenameSequence(seq) | SetSequenceOwner(seq):
+            return seq if isinstance(seq, StandaloneSequence) else None
+    return None
 
 
 class OverlayCatalog(MemoryCatalog):
@@ -74,6 +92,14 @@ class OverlayCatalog(MemoryCatalog):
     def apply(self, change: CatalogChange) -> None:
         for table in _tables(change):
             self._materialize(table)
+        free = _free_sequence(change)
+        if free is not None and free.physical not in self._touched:
+            self._touched.add(free.physical)
+            base = self._base.standalone_sequence(free.physical)
+            if base is not None:
+                self._stale.add(base.physical)
+                self._stale_rel.add((base.schema, base.name))
+                self._free[base.physical] = base
         super().apply(change)
 
     def _materialize(self, table: str) -> None:
@@ -127,6 +153,12 @@ class OverlayCatalog(MemoryCatalog):
 
     def sequences(self, table: str) -> Sequence[OwnedSequence]:
         return super().sequences(table) if table in self._touched else self._base.sequences(table)
+
+    def standalone_sequence(self, physical: str) -> StandaloneSequence | None:
+        mine = super().standalone_sequence(physical)
+        if mine is not None or physical in self._touched or physical in self._stale:
+            return mine
+        return self._base.standalone_sequence(physical)
 
     def foreign_keys_to(self, table: str) -> Sequence[Constraint]:
         base = [fk for fk in self._base.foreign_keys_to(table) if fk.table not in self._touched]

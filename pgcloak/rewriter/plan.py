@@ -14,7 +14,7 @@ import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from pgcloak.rewriter.catalog import CatalogChange
+from pgcloak.rewriter.catalog import CatalogChange, EncColumn
 
 __all__ = ["CloakError", "Plan", "PositionMap", "combine"]
 
@@ -98,6 +98,17 @@ class Plan:
       remember per session), EXECUTE runs (`output_names` None: use the names
       remembered at PREPARE) or DEALLOCATE drops ("*" for ALL). They depend on
       the statement text only, so such plans are as cacheable as any other.
+    * `notice_names`: (dummy physical name, client's name) pairs. A missing object
+      under IF EXISTS is sent as a fresh dummy physical name (the client's word must
+      not reach the server), so the server's NOTICE ("table \"t8aa…\" does not exist,
+      skipping") names the dummy; show the client's name there instead. The pairs
+      hold semantic names: never log them.
+    * Column encryption (docs/encryption-design.md; pgcloak.rewriter.encrypted):
+      `value_slots` are (start, end, column) of literals in `sql` to encrypt,
+      sorted; `param_slots` ($n, column) parameters to encrypt; `output_columns`
+      per output position the column whose ciphertext it carries (None: plain),
+      itself None when no position does; `copy_columns` the same for COPY's data
+      (the table's columns, or the query's for COPY (query) TO).
     """
 
     statement: str
@@ -113,6 +124,11 @@ class Plan:
     execute: str | None = field(default=None, repr=False)
     deallocate: str | None = field(default=None, repr=False)
     maps_values: bool = False  # reads the system catalogs: map physical names in its rows
+    notice_names: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    value_slots: tuple[tuple[int, int, EncColumn], ...] = ()
+    param_slots: tuple[tuple[int, EncColumn], ...] = ()
+    output_columns: tuple[EncColumn | None, ...] | None = None
+    copy_columns: tuple[EncColumn | None, ...] | None = None
 
     @property
     def registry_only(self) -> bool:

@@ -83,6 +83,10 @@ def analyze(a: Analyzer, kind: str, body: Node) -> tuple[list[Col] | None, bool]
                     a.ts.char(node["TypeName"].get("location", 0)) + 1,
                 )
         query = body["query"]
+        qkind, qbody = node_kind(query)
+        if qkind == "SelectStmt" and _creates(qbody):
+            a.touched = True  # each EXECUTE would create a relation: nothing to register it by
+            raise CloakError("0A000", "pgcloak does not support PREPARE of SELECT INTO")
         return a.statement(query, None), returns_rows(query)
     if kind == "ExecuteStmt":
         execute(a, body)
@@ -90,6 +94,13 @@ def analyze(a: Analyzer, kind: str, body: Node) -> tuple[list[Col] | None, bool]
     if body.get("name") is not None:  # DEALLOCATE [PREPARE] name
         _check_name(a, body["name"], ts.at(body.get("location", 0)))
     return None, False
+
+
+def _creates(sel: Node) -> bool:
+    """SELECT INTO (the INTO clause sits on the leftmost SELECT of a set operation)."""
+    while sel.get("intoClause") is None and sel.get("op", "SETOP_NONE") != "SETOP_NONE":
+        sel = sel["larg"]
+    return sel.get("intoClause") is not None
 
 
 def finish(plan: Plan, stmt: Node, catalog: Catalog) -> Plan:

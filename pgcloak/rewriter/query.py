@@ -10,10 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from pgcloak.rewriter import copy_merge, dml, prepare
+from pgcloak.rewriter import copy_merge, dml, encrypted, prepare
 from pgcloak.rewriter.analyze import Analyzer, _sval
+from pgcloak.rewriter.ddl_misc import lookup
 from pgcloak.rewriter.plan import CloakError
-from pgcloak.rewriter.scope import Col, Cte, Item, Node, Scope, Target, figure_colname, node_kind
+from pgcloak.rewriter.scope import (
+    Col,
+    Cte,
+    Item,
+    Node,
+    Scope,
+    Target,
+    figure_colname,
+    node_kind,
+    relation_cols,
+)
 
 __all__ = ["QueryAnalyzer"]
 
@@ -23,6 +34,7 @@ _LIST_END = frozenset(
     {"FROM", "INTO", "WHERE", "GROUP_P", "HAVING", "WINDOW", "UNION", "INTERSECT", "EXCEPT",
      "ORDER", "LIMIT", "OFFSET", "FETCH", "FOR", "RETURNING", "ON", "ASCII_59"}
 )  # fmt: skip
+_SEQUENCE_COLUMNS = ("last_value", "log_cnt", "is_called")
 _SUBSELECT_START = frozenset({"SELECT", "VALUES", "WITH", "TABLE", _LPAR})
 _FROM_CONTEXT = frozenset({"FROM", _COMMA, "JOIN", "LATERAL_P", _LPAR, "USING"})
 
@@ -55,8 +67,9 @@ class QueryAnalyzer(Analyzer):
         scope = Scope(parent)
         if sel.get("withClause"):
             dml.with_clause(self, sel["withClause"], scope)
-        if sel.get("intoClause"):
-            self.unsupported("SELECT INTO", sel)
+        if sel.get("intoClause"):  # top-level SELECT INTO is ddl_create's; PREPARE refuses it
+            self.touched = True  # never sent: it would create a relation pgcloak did not plan
+            raise CloakError("42601", "SELECT ... INTO is not allowed here")
         out: list[Col] | None
         if sel.get("op", "SETOP_NONE") != "SETOP_NONE":
             out = self.select(sel["larg"], scope)
@@ -167,13 +180,15 @@ class QueryAnalyzer(Analyzer):
                     out.extend(Target(c, None) for c in cols)
                 continue
             self.expr(val, scope)
+            enc = encrypted.value_enc(self, val)  # ciphertext passed on as it is
             name = res.get("name")
             if name is not None:
                 tok = self.target_alias(self.ts.at(res.get("location", 0)), name)
-                out.append(Target(Col(name, self.new_alias(name, tok)), res))
+                out.append(Target(Col(name, self.new_alias(name, tok), enc), res))
                 continue
             col, _ = figure_colname(val, self._colref_name, self._sublink_name)
-            out.append(Target(col or Col("?column?", "?column?"), res))
+            col = col or Col("?column?", "?column?")
+            out.append(Target(col if col.enc == enc else Col(col.name, col.phys, enc), res))
         return out, complete
 
     def _colref_name(self, body: Node) -> Col | None:
@@ -270,8 +285,10 @@ class QueryAnalyzer(Analyzer):
         elif rel is not None:
             self.touch(rel)
             self.edits.set(toks[-1], rel.physical)
-            cols = [Col(c.name, c.physical) for c in rel.columns]
+            cols = relation_cols(rel)
             item = Item(name, rel.physical, cols, rel.schema, cloaked=True, relation=rel)
+        elif (seq := self.sequence(schema, name, toks[-1])) is not None:
+            item = seq
         else:
             self.uncloaked(schema, name, toks[-1])
             item = Item(name, None, None, schema)
@@ -281,6 +298,21 @@ class QueryAnalyzer(Analyzer):
         if body.get("alias") is not None:
             self.apply_alias(body["alias"], after, item)
         return item
+
+    def sequence(self, schema: str | None, name: str, tok: int) -> Item | None:
+        """A cloaked sequence read in FROM (SELECT last_value FROM s), or None."""
+        if name not in self.catalog.sensitive_names():  # cheap: a cached set
+            return None
+        found = lookup(self, schema, name)
+        if found is None or found.kind != "s":
+            return None
+        self.touched = True
+        self.sensitive.add(name)
+        if self.deferred is not None:
+            raise self.deferred
+        self.edits.set(tok, found.physical)
+        cols = [Col(c, c) for c in _SEQUENCE_COLUMNS]
+        return Item(name, found.physical, cols, found.schema, cloaked=True)
 
     def apply_alias(self, alias: Node, tok: int, item: Item) -> None:
         """Replace `[AS] alias [(col, ...)]` at `tok` and rename the item accordingly."""

@@ -19,8 +19,8 @@ from typing import Any
 
 from pglast import parser
 
-from pgcloak.rewriter import copy_merge, ddl, ddl_alter, ddl_view, prepare
-from pgcloak.rewriter.catalog import DEFAULT_SEARCH_PATH, Catalog, CloakFilter
+from pgcloak.rewriter import copy_merge, ddl, ddl_alter, ddl_create, ddl_view, encrypted, prepare
+from pgcloak.rewriter.catalog import DEFAULT_SEARCH_PATH, Catalog, CloakFilter, EncryptRules
 from pgcloak.rewriter.overlay import OverlayCatalog
 from pgcloak.rewriter.plan import CloakError, Plan
 from pgcloak.rewriter.query import QueryAnalyzer
@@ -69,11 +69,14 @@ def plan_query(
     catalog: Catalog,
     search_path: Sequence[str] = DEFAULT_SEARCH_PATH,
     cloak_filter: CloakFilter | None = None,
+    encrypt_rules: EncryptRules | None = None,
 ) -> tuple[Plan, ...]:
     """Plan every statement of a query string (no caching; see Rewriter).
 
     `cloak_filter(schema, table)` says whether a new table is to be cloaked (default:
     every one); tables it declines are created as written, like temporary tables.
+    `encrypt_rules(schema, table, column)` says whether a new column is to be
+    encrypted: (mode, key group or None), or None (default: none is).
     """
     stmts, names = _parse(sql)
     ts = TokenStream(sql)
@@ -92,7 +95,7 @@ def plan_query(
         try:
             plan = _plan_statement(
                 ts, raw["stmt"], current, search_path, start=start, end=end, lo=lo, hi=hi,
-                names=stmt_names, cloak_filter=cloak_filter,
+                names=stmt_names, cloak_filter=cloak_filter, encrypt_rules=encrypt_rules,
             )  # fmt: skip
         except (KeyError, IndexError, TypeError, ValueError, RecursionError):
             # A parse tree shape the analyzer does not expect: refuse, never guess.
@@ -119,13 +122,18 @@ def _plan_statement(
     hi: int,
     names: list[int],
     cloak_filter: CloakFilter | None = None,
+    encrypt_rules: EncryptRules | None = None,
 ) -> Plan:
     kind, body = node_kind(stmt)
     a = QueryAnalyzer(ts, catalog, search_path, lo, hi)
     a.cloak_filter = cloak_filter
+    a.encrypt_rules = encrypt_rules
     out = None
     returns_rows = False
-    if kind in _QUERIES:
+    create = ddl_create.handler(kind, body)
+    if create is not None:
+        create(a, body)  # CREATE TABLE AS, SELECT INTO, sequences (ddl_create.py, ddl_sequence.py)
+    elif kind in _QUERIES:
         out = a.statement(stmt, None)
         returns_rows = kind == "SelectStmt" or bool(
             (body.get("returningClause") or {}).get("exprs") or body.get("returningList")
@@ -178,11 +186,17 @@ def _plan_statement(
                 "in a statement on cloaked objects; list the columns",
             )
         output = tuple(c.name for c in out)
+    found = encrypted.analyze(
+        a, kind, body, stmt, out if returns_rows or kind == "PrepareStmt" else None
+    )
     text, pmap = a.edits.apply(ts, start, end)
+    notices = tuple(a.notice_names)
     if a.registry_only is not None:
         return Plan(kind, source, (start, end), None, pmap, None, tuple(a.changes),
-                    a.registry_only, cloaked=True)  # fmt: skip
-    return Plan(kind, source, (start, end), text, pmap, output, tuple(a.changes), cloaked=True)
+                    a.registry_only, cloaked=True, notice_names=notices)  # fmt: skip
+    plan = Plan(kind, source, (start, end), text, pmap, output, tuple(a.changes), cloaked=True,
+                notice_names=notices)  # fmt: skip
+    return plan if found is None else encrypted.finish(plan, found)
 
 
 def _mentions_catalog(a: QueryAnalyzer) -> bool:
@@ -274,9 +288,15 @@ class Rewriter:
     statements that differ only in their literals share one analysis (template.py).
     """
 
-    def __init__(self, cache_size: int = 1024, cloak_filter: CloakFilter | None = None) -> None:
+    def __init__(
+        self,
+        cache_size: int = 1024,
+        cloak_filter: CloakFilter | None = None,
+        encrypt_rules: EncryptRules | None = None,
+    ) -> None:
         self.cache_size = cache_size
         self.cloak_filter = cloak_filter
+        self.encrypt_rules = encrypt_rules
         self._cache: OrderedDict[tuple[object, ...], tuple[Plan, ...]] = OrderedDict()
         self._templates: OrderedDict[tuple[object, ...], Template] = OrderedDict()
         self.hits = 0
@@ -302,7 +322,7 @@ class Rewriter:
                 self._templates.move_to_end(tkey)
                 self.template_hits += 1
                 return (template.instantiate(sql, shape),)
-        plans = plan_query(sql, catalog, search_path, self.cloak_filter)
+        plans = plan_query(sql, catalog, search_path, self.cloak_filter, self.encrypt_rules)
         if all(not p.changes and p.sql is not None for p in plans):
             self._remember(key, plans)
             if shape is not None and len(plans) == 1 and plans[0].statement in _QUERIES:

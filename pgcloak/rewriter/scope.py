@@ -13,19 +13,42 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pgcloak.rewriter.catalog import Relation
+from pgcloak.rewriter.catalog import EncColumn, Relation
 
-__all__ = ["Col", "Cte", "Item", "Node", "Scope", "Target", "figure_colname", "node_kind"]
+__all__ = [
+    "Col",
+    "Cte",
+    "Item",
+    "Node",
+    "Scope",
+    "Target",
+    "figure_colname",
+    "node_kind",
+    "relation_cols",
+]
 
 Node = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
 class Col:
-    """A column: the client's (semantic) name and the name the server sees."""
+    """A column: the client's (semantic) name, the name the server sees, and, when its
+    values are ciphertext of an encrypted column, which (kept through subqueries,
+    CTEs, views and aliases as long as the column is passed on as it is)."""
 
     name: str = field(repr=False)
     phys: str
+    enc: EncColumn | None = None
+
+
+def relation_cols(rel: Relation) -> list[Col]:
+    """The columns of a cloaked relation as FROM/DML items see them."""
+    return [
+        Col(c.name, c.physical)
+        if c.policy is None
+        else Col(c.name, c.physical, EncColumn.of(c.policy, rel.physical, c.physical))
+        for c in rel.columns
+    ]
 
 
 @dataclass(eq=False)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from pglast import parser
 
+from pgcloak.rewriter.catalog import EncColumn
 from pgcloak.rewriter.plan import Plan, PositionMap
 
 __all__ = ["LiteralShift", "Shape", "Template", "shape_of"]
@@ -190,6 +191,9 @@ class Template:
     rewritten_starts: tuple[int, ...]
     original_starts: tuple[int, ...]
     lengths: tuple[int, ...]
+    # Value slots (encrypted columns) by literal: (literal index, offset of the slot's
+    # start from the literal's (-1 for a '-' sign), column); a slot ends with its literal.
+    slots: tuple[tuple[int, int, EncColumn], ...] = ()
 
     @classmethod
     def build(cls, sql: str, shape: Shape, plan: Plan) -> Template | None:
@@ -211,12 +215,20 @@ class Template:
             pieces.append(text[prev : tok.start])
             prev = tok.end + 1
         pieces.append(text[prev:])
+        ends = {t.end + 1: k for k, t in enumerate(toks)}
+        slots = []
+        for slot_start, slot_end, enc in plan.value_slots:
+            k = ends.get(slot_end)
+            if k is None or slot_start > toks[k].start:
+                return None  # not a literal token (TRUE/FALSE): no template
+            slots.append((k, slot_start - toks[k].start, enc))
         return cls(
             plan,
             tuple(pieces),
             tuple(t.start for t in toks),
             tuple(s for s, _ in shape.literals),
             tuple(e - s for s, e in shape.literals),
+            tuple(slots),
         )
 
     def instantiate(self, sql: str, shape: Shape) -> Plan:
@@ -242,4 +254,14 @@ class Template:
         fields["positions"] = LiteralShift(
             plan.positions, self.rewritten_starts, self.original_starts, self.lengths, new_lens
         )
+        if self.slots:  # literal k now starts after the pieces and literals before it
+            starts = [0] * len(lits)
+            pos = 0
+            for k, lit in enumerate(lits):
+                pos += len(pieces[k])
+                starts[k] = pos
+                pos += len(lit)
+            fields["value_slots"] = tuple(
+                (starts[k] + offset, starts[k] + len(lits[k]), enc) for k, offset, enc in self.slots
+            )
         return clone

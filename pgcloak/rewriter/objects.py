@@ -1,0 +1,317 @@
+"""Plain data the rewriter and its callers exchange: cloaked objects and catalog changes.
+
+Objects (`Relation`, `Constraint`, `Index`, sequences) describe what the catalog
+holds; changes (`CreateTable`, `DropSequence`, ...) describe what a DDL plan did,
+to be applied by the caller once the server accepted the statement (for the
+proxy: registry writes through pgcloak.registry.changes; for tests:
+`MemoryCatalog.apply`). Semantic names stay out of every repr (reprs reach logs).
+Re-exported by pgcloak.rewriter.catalog, where callers usually import them from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pgcloak.rewriter.policy import ColumnPolicy
+
+__all__ = [
+    "AddColumn",
+    "AddConstraint",
+    "AnySequence",
+    "CatalogChange",
+    "Column",
+    "Constraint",
+    "CreateIndex",
+    "CreateSequence",
+    "CreateTable",
+    "CreateView",
+    "DropColumn",
+    "DropConstraint",
+    "DropSequence",
+    "DropTable",
+    "DropView",
+    "Index",
+    "OwnedSequence",
+    "Relation",
+    "RenameColumn",
+    "RenameConstraint",
+    "RenameSequence",
+    "RenameTable",
+    "ReplaceView",
+    "SetComment",
+    "SetSequenceOwner",
+    "StandaloneSequence",
+]
+
+
+@dataclass(frozen=True)
+class Column:
+    # Semantic names stay out of reprs everywhere here: reprs end up in logs/tracebacks.
+    name: str = field(repr=False)
+    physical: str
+    policy: ColumnPolicy | None = None  # encrypted column (pgcloak.rewriter.policy)
+
+
+@dataclass(frozen=True)
+class Relation:
+    """A cloaked table or view; `columns` in attribute order (what `*` expands to).
+
+    `kind` is "table", "view" or "matview". For views, `reads` lists what the
+    defining query reads: physical names of cloaked relations and the bare names of
+    uncloaked ones; PostgreSQL drops the view with any of them (CASCADE). None means
+    unknown (e.g. loaded without dependency data): then CASCADE drops are refused.
+    """
+
+    schema: str
+    name: str = field(repr=False)
+    physical: str
+    columns: tuple[Column, ...]
+    kind: str = "table"
+    reads: tuple[str, ...] | None = None
+
+    def column(self, name: str) -> Column | None:
+        for col in self.columns:
+            if col.name == name:
+                return col
+        return None
+
+    def column_by_physical(self, physical: str) -> Column | None:
+        for col in self.columns:
+            if col.physical == physical:
+                return col
+        return None
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """A table constraint. `contype` as pg_constraint: p, u, f, c, x.
+
+    `columns` are the physical columns it involves (key columns, or the columns a
+    CHECK references); FKs also record the referenced table and columns (physical;
+    `ref_table` None when the referenced table is not cloaked). p/u/x constraints
+    own an index with the same physical name.
+    """
+
+    schema: str
+    table: str
+    name: str = field(repr=False)
+    physical: str
+    contype: str
+    columns: tuple[str, ...] = ()
+    ref_table: str | None = None
+    ref_columns: tuple[str, ...] = ()
+    implicit: bool = False
+
+
+@dataclass(frozen=True)
+class Index:
+    """A plain index (CREATE INDEX); constraint-backed indexes live in `Constraint`."""
+
+    schema: str
+    table: str
+    name: str = field(repr=False)
+    physical: str
+    columns: tuple[str, ...] = ()
+    unique: bool = False
+    implicit: bool = False
+
+
+@dataclass(frozen=True)
+class OwnedSequence:
+    """The sequence behind a serial or identity column (physical: PostgreSQL's derived name)."""
+
+    schema: str
+    name: str = field(repr=False)
+    physical: str
+    table: str
+    column: str
+    implicit: bool = True
+
+
+@dataclass(frozen=True)
+class StandaloneSequence:
+    """A sequence no column owns: CREATE SEQUENCE without OWNED BY, or after OWNED BY NONE.
+
+    Registered as a parentless sequence; `implicit` survives from an owned sequence
+    (a serial's) that was disowned.
+    """
+
+    schema: str
+    name: str = field(repr=False)
+    physical: str
+    implicit: bool = False
+
+
+AnySequence = StandaloneSequence | OwnedSequence
+
+
+# -- catalog changes (data only; see MemoryCatalog.apply for their meaning) -------------
+
+
+@dataclass(frozen=True)
+class CreateTable:
+    table: Relation
+    constraints: tuple[Constraint, ...] = ()
+    indexes: tuple[Index, ...] = ()
+    sequences: tuple[OwnedSequence, ...] = ()
+
+
+@dataclass(frozen=True)
+class DropTable:
+    """Drop a table with everything it owns; `constraints`: other tables' FKs dropped too."""
+
+    table: str
+    constraints: tuple[Constraint, ...] = ()
+
+
+@dataclass(frozen=True)
+class RenameTable:
+    table: str
+    new_name: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class AddColumn:
+    table: str
+    column: Column
+    constraints: tuple[Constraint, ...] = ()
+    indexes: tuple[Index, ...] = ()
+    sequences: tuple[OwnedSequence, ...] = ()
+
+
+@dataclass(frozen=True)
+class DropColumn:
+    """Drop a column and the constraints, indexes and sequences that go with it."""
+
+    table: str
+    column: str
+    constraints: tuple[Constraint, ...] = ()
+    indexes: tuple[Index, ...] = ()
+    sequences: tuple[OwnedSequence, ...] = ()
+
+
+@dataclass(frozen=True)
+class RenameColumn:
+    table: str
+    column: str
+    new_name: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class AddConstraint:
+    constraint: Constraint
+
+
+@dataclass(frozen=True)
+class DropConstraint:
+    """Drop a constraint; `cascaded`: FKs of other tables dropped with it (CASCADE)."""
+
+    table: str
+    constraint: str
+    cascaded: tuple[Constraint, ...] = ()
+
+
+@dataclass(frozen=True)
+class RenameConstraint:
+    table: str
+    constraint: str
+    new_name: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class CreateIndex:
+    index: Index
+
+
+@dataclass(frozen=True)
+class CreateView:
+    """A new view or materialized view (`view.kind`) with its columns and `reads`."""
+
+    view: Relation
+
+
+@dataclass(frozen=True)
+class ReplaceView:
+    """CREATE OR REPLACE VIEW of a cloaked view: `columns` appended, `reads` replaced."""
+
+    view: str
+    columns: tuple[Column, ...] = ()
+    reads: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DropView:
+    """Drop a view or materialized view with its columns (and a matview's indexes).
+
+    Views dropped by CASCADE come as further DropView changes of the same plan.
+    """
+
+    view: str
+
+
+@dataclass(frozen=True)
+class SetComment:
+    """COMMENT ON a cloaked object: kept in the registry only, never in pg_description.
+
+    `kind` is the registry kind letter (t table, v view, m matview, c column,
+    k constraint, i index, s sequence); `parent_physical` is the relation of a
+    column or constraint (None for relations). `comment` None removes it.
+    """
+
+    kind: str
+    physical: str
+    parent_physical: str | None = None
+    comment: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class CreateSequence:
+    """CREATE SEQUENCE: standalone, or owned by a cloaked column (OWNED BY)."""
+
+    sequence: AnySequence
+
+
+@dataclass(frozen=True)
+class DropSequence:
+    """DROP SEQUENCE (views depending on it come as DropView changes of the same plan)."""
+
+    sequence: AnySequence
+
+
+@dataclass(frozen=True)
+class RenameSequence:
+    """ALTER SEQUENCE ... RENAME TO: registry-only, like table renames."""
+
+    sequence: AnySequence
+    new_name: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class SetSequenceOwner:
+    """ALTER SEQUENCE ... OWNED BY table.column (physical names), or OWNED BY NONE (None)."""
+
+    sequence: AnySequence
+    table: str | None = None
+    column: str | None = None
+
+
+CatalogChange = (
+    CreateTable
+    | DropTable
+    | RenameTable
+    | AddColumn
+    | DropColumn
+    | RenameColumn
+    | AddConstraint
+    | DropConstraint
+    | RenameConstraint
+    | CreateIndex
+    | CreateView
+    | ReplaceView
+    | DropView
+    | SetComment
+    | CreateSequence
+    | DropSequence
+    | RenameSequence
+    | SetSequenceOwner
+)
