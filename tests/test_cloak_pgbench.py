@@ -100,7 +100,6 @@ def test_pgbench_init(
     _assert_no_pgbench_names(pg, cloaked_db)
 
 
-@pytest.mark.xfail(strict=True, reason=f"IF EXISTS notice names a dummy (B4) {BUGS}")
 def test_pgbench_init_notices(pg: PgServer, cloak_proxy: ProxyProcess, cloaked_db: str) -> None:
     res = pgbench(cloak_proxy.port, cloaked_db, "-i", "-s", "1", "-I", "d")
     ok(res)

@@ -84,6 +84,7 @@ _ANCHORED = re.compile(r"\^\((.*)\)\$")
 _SESSION_STATE = frozenset(
     {"VariableSetStmt", "DiscardStmt", "UnlistenStmt", "TransactionStmt"} | _CREATES
 )
+_INTO = re.compile(r"\binto\b", re.IGNORECASE)
 _ROLLBACK_TO = re.compile(r"^\s*rollback\s+(?:work\s+|transaction\s+)?to\b", re.IGNORECASE)
 _SET_PATH = re.compile(r"search_path|\ball\b", re.IGNORECASE)
 _FRONTEND_TYPES = frozenset(b"QPBDECSHFdcfX")
@@ -650,7 +651,8 @@ class CloakSession:
             and _ROLLBACK_TO.search(plan.source)
         ):
             self.private_reload = True  # the registry rows rolled back with it
-        if kind in _CREATES and not plan.cloaked:
+        creates = kind in _CREATES or (kind == "SelectStmt" and _INTO.search(plan.source))
+        if creates and not plan.cloaked:
             made = created_relation(plan.source)
             if made is not None and made[2]:
                 self.temp = self.temp | {made[1]}
@@ -954,7 +956,12 @@ class CloakSession:
         if head is not None and head.hidden:
             return b""
         fields = decode_fields(buf[start + 5 : end])
-        return encode_fields(b"N", self.unmasker().fields(fields))
+        unmasker = self.unmasker()
+        plan = head.plan if head is not None else None
+        if plan is not None and plan.notice_names:
+            # IF EXISTS on a missing object sent a dummy name: say the client's name.
+            unmasker = Unmasker({**unmasker.names, **dict(plan.notice_names)}, unmasker.catalog)
+        return encode_fields(b"N", unmasker.fields(fields))
 
     def _s_notification(self, buf: bytes, start: int, end: int) -> bytes | None:
         i = buf.index(b"\0", start + 9, end)

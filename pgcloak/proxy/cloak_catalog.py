@@ -14,6 +14,7 @@ from typing import Any, cast
 from pglast import parser
 
 from pgcloak.rewriter import Catalog
+from pgcloak.rewriter.ddl_create import into_clause
 
 __all__ = ["TempCatalog", "created_relation"]
 
@@ -42,6 +43,9 @@ def created_relation(sql: str) -> tuple[str | None, str, bool] | None:
         rv = body.get("view")
     elif kind == "CreateSeqStmt":
         rv = body.get("sequence")
+    elif kind == "SelectStmt":
+        into = into_clause(body)
+        rv = (into or {}).get("rel")
     if not rv or "relname" not in rv:
         return None
     return rv.get("schemaname"), rv["relname"], rv.get("relpersistence") == "t"
