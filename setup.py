@@ -21,6 +21,7 @@ HOT_PATH = [
     "pgcloak/proxy/relay.py",
     "pgcloak/proxy/session.py",
     "pgcloak/proxy/stats.py",
+    "pgcloak/proxy/cloak.py",
 ]
 
 

@@ -17,7 +17,8 @@ import os
 import sys
 from pathlib import Path
 
-COMPILED = ("stats", "session", "relay")  # dependency order: each imports only earlier ones
+# Dependency order: each imports only earlier ones (cloak's other imports are pure Python).
+COMPILED = ("stats", "session", "relay", "cloak")
 _HERE = Path(__file__).resolve().parent
 
 

@@ -138,8 +138,9 @@ class Unmasker:
         return _data_row(values)
 
     def _explain_text(self, text: str) -> str:
-        head = text.lstrip()[:1]
-        if head in ("[", "-"):  # JSON, YAML: every string is "..." with JSON-like escapes
+        stripped = text.lstrip()
+        head = stripped[:1]
+        if head == "[" or stripped.startswith("- Plan"):  # JSON, YAML: "..." strings
             return _QUOTED.sub(lambda m: self._quoted(m.group(0)), text)
         if head == "<":  # XML: element text
             return _XML_TEXT.sub(lambda m: ">" + self._xml(m.group(1)) + "<", text)
