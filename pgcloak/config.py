@@ -45,3 +45,5 @@ class Config:
     master_key_file: str | None = None  # else $PGCLOAK_MASTER_KEY / $PGCLOAK_MASTER_KEY_FILE
     redis_url: str | None = field(default=None, repr=False)  # URL may carry a password
     config_file: str | None = None
+    # [encrypt]: ("schema.table.column", "randomized"|"deterministic", key group or None)
+    encrypt: tuple[tuple[str, str, str | None], ...] = ()

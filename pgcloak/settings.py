@@ -8,6 +8,7 @@ operator wrote it and where it came from, so a broken deployment is fixed in one
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import ipaddress
 import math
@@ -40,7 +41,7 @@ MODES = ("dev", "prod")
 CLOAK_MODES = ("auto", "on", "off")
 MIN_MESSAGE_SIZE = 1 << 10
 MAX_MESSAGE_SIZE = 1 << 30
-# Tables reserved for later features (column encryption, name cloaking); accepted unvalidated.
+# TOML tables (not scalar options): [encrypt] column encryption rules.
 RESERVED_TABLES = ("encrypt",)
 _DISABLED = ("", "off", "none", "false", "disabled")
 _URL_PARAMS = ("host", "port", "dbname", "sslmode", "sslrootcert", "sslcert", "sslkey")
@@ -595,6 +596,8 @@ def _file_layer(path: str, given_by: _Source, problems: list[str]) -> _Layer:
         if key in RESERVED_TABLES:
             if not isinstance(value, dict):
                 problems.append(f"[{key}] in {path} must be a table")
+            else:
+                layer[key] = (value, _Source("file", key, path))
         elif key in _KEYS:
             layer[key] = (value, _Source("file", key, path))
         else:
@@ -694,9 +697,49 @@ def load_config(
             src = merged[have][1]
             problems.append(f"{src.name}{src.where} is set but {_spelled(lack, src)} is not: {why}")
 
+    encrypt: tuple[tuple[str, str, str | None], ...] = ()
+    if "encrypt" in file_layer:
+        raw_rules, src = file_layer["encrypt"]
+        encrypt = _encrypt_rules(raw_rules, src, problems)
     if problems:
         raise ConfigError(problems)
-    return _build(values, url, config_file)
+    return dataclasses.replace(_build(values, url, config_file), encrypt=encrypt)
+
+
+ENCRYPT_MODES = ("randomized", "deterministic")
+
+
+def _encrypt_rules(
+    table: object, src: _Source, problems: list[str]
+) -> tuple[tuple[str, str, str | None], ...]:
+    """[encrypt] entries: "schema.table.column" = "mode" | { mode = "...", key = "group" }."""
+    out: list[tuple[str, str, str | None]] = []
+    assert isinstance(table, dict)
+    for column, spec in table.items():
+        parts = str(column).split(".")
+        if len(parts) == 2:
+            parts = ["public", *parts]
+        where = f"[encrypt] {column!r}{src.where}"
+        if len(parts) != 3 or not all(parts):
+            problems.append(f"{where}: expected schema.table.column or table.column")
+            continue
+        group: str | None = None
+        if isinstance(spec, dict):
+            unknown = set(spec) - {"mode", "key"}
+            if unknown:
+                problems.append(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}")
+                continue
+            mode, group = spec.get("mode"), spec.get("key")
+            if group is not None and (not isinstance(group, str) or not group):
+                problems.append(f"{where}: key must be a non-empty string")
+                continue
+        else:
+            mode = spec
+        if mode not in ENCRYPT_MODES:
+            problems.append(f"{where}: mode must be one of {', '.join(ENCRYPT_MODES)}")
+            continue
+        out.append((".".join(parts), str(mode), group))
+    return tuple(out)
 
 
 def _spelled(key: str, like: _Source) -> str:

@@ -8,6 +8,7 @@ DDL against PostgreSQL with the registry writes and reload the registry.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 from helpers import PgServer
+from psycopg import pq
 
 from pgcloak.crypto.keys import MasterKey, new_master_key
 from pgcloak.registry.catalog import LOAD_RESULT_SETS, LOAD_SQL, parse_load, writes_for_all
@@ -261,6 +263,9 @@ def test_view_columns_keep_policies(cat: MemoryCatalog) -> None:
          "under another key"),
         ("ALTER TABLE customers ALTER COLUMN notes TYPE varchar(5)",
          'cannot change the type of column "notes" encrypted in randomized mode'),
+        ("ALTER TABLE customers ALTER COLUMN plain_name TYPE text USING email::text",
+         'cannot convert column "email" encrypted in deterministic mode into another '
+         "column's type"),
         ("ALTER TABLE customers ALTER COLUMN email SET DEFAULT 'x'",
          'cannot give a default value to column "email" encrypted in deterministic mode'),
         ("ALTER TABLE customers ADD COLUMN ssn text DEFAULT 'x'",
@@ -784,3 +789,56 @@ def test_malformed_policy_is_refused(conn: Conn) -> None:
     with pytest.raises(RegistryUnavailable) as info:
         _load(conn)
     assert info.value.sqlstate == "XX001"
+
+
+_FAKE = itertools.count(1)
+
+
+def _fake_encrypt(plan: Plan) -> str:
+    """The text the proxy sends: each value slot spliced as a (distinct) bytea literal."""
+    sql = plan.sql or ""
+    for start, end, _ in reversed(plan.value_slots):
+        sql = sql[:start] + f"'\\x{next(_FAKE):08x}'::bytea" + sql[end:]
+    return sql
+
+
+BYTEA_OID = 17
+
+
+def test_rewritten_statements_run_on_bytea(conn: Conn) -> None:
+    """The server accepts the rewritten text once slots and parameters are bytea."""
+    cat = _load(conn).catalog
+    reg = _load(conn).registry
+    rw = Rewriter(encrypt_rules=rules)
+    for sql in SCHEMA:
+        (plan,) = rw.plan(sql, cat)
+        writes = writes_for_all(reg, plan.changes)
+        conn.execute(";\n".join([plan.sql or "", *(w.inline() for w in writes)]).encode())
+        cat.apply_all(plan.changes)
+    statements = [
+        "INSERT INTO customers (email, notes, balance) VALUES ('a', $1::text, -1.5), "
+        "($2::VARCHAR, NULL::text, DEFAULT)",
+        "INSERT INTO customers (email, notes, plain_name) SELECT p0::VARCHAR, p1::TEXT, "
+        "p2::VARCHAR FROM (VALUES ($1::VARCHAR, $2::TEXT, 'x'::VARCHAR, 0)) "
+        "AS imp_sen(p0, p1, p2, sen_counter) ORDER BY sen_counter RETURNING customers.id",
+        "SELECT id, email FROM customers WHERE email = $1::VARCHAR OR email = CAST('b' AS "
+        "varchar(100)) OR email = varchar 'c' OR email IN ('d', $2) OR email = NULL::text",
+        "UPDATE customers SET notes = $1, (email, plain_name) = ('e', 'p') WHERE email = 'x'",
+        "INSERT INTO orders (id, cust_email) SELECT 1, email FROM customers LIMIT 1",
+        "SELECT c.email, count(*) FROM customers c JOIN orders o ON o.cust_email = c.email "
+        "GROUP BY c.email",
+        "INSERT INTO customers (email) VALUES ('z') ON CONFLICT (email) "
+        "DO UPDATE SET notes = EXCLUDED.notes, balance = NULL",
+        "SELECT mail FROM customer_mails WHERE mail = 'a'",
+        "DELETE FROM orders WHERE cust_email = $1",
+    ]
+    for sql in statements:
+        (plan,) = rw.plan(sql, cat)
+        text = _fake_encrypt(plan)
+        n = max((k for k, _ in plan.param_slots), default=0)
+        values: list[bytes | None] = [next(_FAKE).to_bytes(4, "big") for _ in range(n)]
+        res = conn.pgconn.exec_params(text.encode(), values, [BYTEA_OID] * n, [1] * n)
+        assert res.status in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK), (
+            sql,
+            res.error_message,
+        )

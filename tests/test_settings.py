@@ -129,7 +129,9 @@ def test_every_option_from_file(tmp_path: Path, pem: tuple[str, str]) -> None:
         cloak_tables = ["app", "public.orders"]
 
         [encrypt]
-        anything = "goes"
+        "customers.email" = "deterministic"
+        "app.orders.note" = {{ mode = "randomized" }}
+        "app.orders.cid" = {{ mode = "deterministic", key = "customer" }}
         """,
     )
     c = load_config({"config": str(cfg)}, {})
@@ -160,6 +162,11 @@ def test_every_option_from_file(tmp_path: Path, pem: tuple[str, str]) -> None:
         mode="dev",
         cloak="off",
         cloak_tables=("app.*", "public.orders"),
+        encrypt=(
+            ("public.customers.email", "deterministic", None),
+            ("app.orders.note", "randomized", None),
+            ("app.orders.cid", "deterministic", "customer"),
+        ),
         config_file=str(cfg),
     )
 
@@ -633,3 +640,20 @@ def test_workers_option() -> None:
         with pytest.raises(ConfigError) as err:
             load_config({"workers": bad}, {})
         assert "workers" in str(err.value)
+
+
+def test_encrypt_rules_are_validated(tmp_path: Path) -> None:
+    cfg = write(
+        tmp_path / "bad.toml",
+        """
+        [encrypt]
+        "a.b.c.d" = "deterministic"
+        "t.c" = "sometimes"
+        "t.d" = { mode = "randomized", colour = "red" }
+        """,
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config({"config": str(cfg)}, {})
+    text = str(info.value)
+    assert "schema.table.column" in text and "mode must be one of" in text
+    assert "unknown setting(s) colour" in text

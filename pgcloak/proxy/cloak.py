@@ -16,6 +16,7 @@ stay exactly as on a plain server, and nothing the client wrote is forwarded.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import logging
 import re
@@ -24,7 +25,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from pgcloak.crypto.codecs import DEFAULT_FORMAT, SessionFormat
 from pgcloak.crypto.keys import MasterKey
+from pgcloak.crypto.values import ValueDecryptionError
 from pgcloak.proxy.cloak_cache import DatabaseEntry, RegistryCache
 from pgcloak.proxy.cloak_catalog import TempCatalog, as_catalog, created_relation
 from pgcloak.proxy.cloak_results import (
@@ -34,13 +37,25 @@ from pgcloak.proxy.cloak_results import (
     error_from_cloak,
     rename_fields,
 )
+from pgcloak.proxy.cloak_values import (
+    DATA_KEYS_SQL,
+    Keyring,
+    ValueError_,
+    decrypt_row,
+    describe_params,
+    describe_row,
+    parse_param_types,
+    reveal_detail,
+    splice_literals,
+    transform_bind,
+)
 from pgcloak.proxy.messages import CommandComplete, ErrorResponse
 from pgcloak.proxy.stats import Metrics
 from pgcloak.proxy.wire import ProtocolError, frame, one_cstr, two_cstrs
 from pgcloak.registry.catalog import LOAD_STATEMENTS, RegistryUnavailable, parse_load, writes_for
 from pgcloak.registry.model import Write
 from pgcloak.registry.store import STATUS_SQL, NameConflict, Registry, RegistryError
-from pgcloak.rewriter import Catalog, CloakError, Plan, Rewriter
+from pgcloak.rewriter import Catalog, CloakError, EncColumn, Plan, Rewriter
 from pgcloak.rewriter.overlay import OverlayCatalog
 
 if TYPE_CHECKING:
@@ -62,7 +77,8 @@ FINGERPRINT_SQL: Final = (
     "|| '/' || "
     "(SELECT count(*) || '/' || coalesce(max(xmin::text::int8), 0) FROM pgcloak.data_keys)"
 )
-LOAD: Final = (*LOAD_STATEMENTS, FINGERPRINT_SQL)
+LOAD: Final = (*LOAD_STATEMENTS, FINGERPRINT_SQL, DATA_KEYS_SQL)
+_N_LOAD: Final = len(LOAD_STATEMENTS)
 WRITE_NAME: Final = "_pgcloak_w"
 
 # Unit kinds.
@@ -88,6 +104,11 @@ _INTO = re.compile(r"\binto\b", re.IGNORECASE)
 _ROLLBACK_TO = re.compile(r"^\s*rollback\s+(?:work\s+|transaction\s+)?to\b", re.IGNORECASE)
 _SET_PATH = re.compile(r"search_path|\ball\b", re.IGNORECASE)
 _FRONTEND_TYPES = frozenset(b"QPBDECSHFdcfX")
+_FORMAT_GUCS = frozenset(
+    {b"DateStyle", b"IntervalStyle", b"TimeZone", b"standard_conforming_strings"}
+)
+_NO_STATEMENT = b"_pgcloak_refused_bind"  # a prepared statement that never exists
+_BAD_KEYS = "pgcloak could not unwrap a column data key (wrong master key or tampering)"
 _BAD_UTF8 = 'invalid byte sequence for encoding "UTF8"'
 
 log = logging.getLogger("pgcloak.cloak")
@@ -105,13 +126,16 @@ class Unit:
 
     __slots__ = (
         "emit",
+        "enc",
         "explain",
+        "formats",
         "hidden",
         "hold",
         "kind",
         "offset",
         "on_done",
         "output",
+        "params",
         "plan",
         "refusal",
         "results",
@@ -138,6 +162,9 @@ class Unit:
         self.output: tuple[str, ...] | None = None  # RowDescription names by position
         self.explain = False
         self.values = False  # a system-catalog query: map physical names in its rows
+        self.enc: tuple[EncColumn | None, ...] | None = None  # encrypted output positions
+        self.formats: list[int] | None = None  # result formats of the encrypted outputs
+        self.params: dict[int, EncColumn] | None = None  # encrypted parameters ($n)
         self.tag: str | None = None  # CommandComplete tag to report instead
         self.hold = False  # keep the CommandComplete until the registry write completes
         self.write = False  # a registry write
@@ -157,6 +184,9 @@ class Prepared:
     writes: str | None = None  # DO block to run after the first Execute (DDL)
     explain: bool = False
     values: bool = False
+    enc: tuple[EncColumn | None, ...] | None = None  # encrypted output positions
+    params: dict[int, EncColumn] | None = None  # encrypted parameters ($n)
+    formats: list[int] | None = None  # result formats from Bind (portals)
 
 
 class CloakContext:
@@ -168,9 +198,12 @@ class CloakContext:
         cache_size: int = 4096,
         tables: Sequence[str] = ("*.*",),
         dev: bool = False,
+        encrypt: Sequence[tuple[str, str, str | None]] = (),
     ) -> None:
         self.master = master
-        self.rewriter = Rewriter(cache_size, cloak_filter=table_filter(tables))
+        self.rewriter = Rewriter(
+            cache_size, cloak_filter=table_filter(tables), encrypt_rules=encrypt_rules(encrypt)
+        )
         self.cache = RegistryCache()
         self.dev = dev  # dev mode may log semantic names; prod never does
         self.bus: RedisBus | None = None
@@ -200,6 +233,25 @@ class CloakContext:
     async def close(self) -> None:
         if self.bus is not None:
             await self.bus.close()
+
+
+def encrypt_rules(
+    rules: Sequence[tuple[str, str, str | None]],
+) -> Callable[[str, str, str], tuple[str, str | None] | None] | None:
+    """The rewriter's encryption rules from the config's [encrypt] entries (globs allowed)."""
+    if not rules:
+        return None
+    exact = {name: (mode, group) for name, mode, group in rules if "*" not in name}
+    globs = [(name, (mode, group)) for name, mode, group in rules if "*" in name]
+
+    def rule(schema: str, table: str, column: str) -> tuple[str, str | None] | None:
+        name = f"{schema}.{table}.{column}"
+        found = exact.get(name)
+        if found is None:
+            found = next((v for g, v in globs if fnmatch.fnmatchcase(name, g)), None)
+        return found
+
+    return rule
 
 
 def table_filter(patterns: Sequence[str]) -> Callable[[str, str], bool] | None:
@@ -284,6 +336,9 @@ class CloakSession:
         self.backlog: bytearray | None = bytearray()  # held client input (None: not holding)
         self.ext_open = False  # extended-protocol messages since the last Sync
         self.private: tuple[OverlayCatalog, Registry] | None = None  # DDL in this transaction
+        self.private_keys: Keyring | None = None
+        self.fmt: SessionFormat = DEFAULT_FORMAT  # DateStyle, TimeZone... for value codecs
+        self.poisoned = False  # a value failed to decrypt: drop the rest until ReadyForQuery
         self.path_dirty = False
         self.set_in_txn = False
         self.listen_dirty = False
@@ -306,7 +361,7 @@ class CloakSession:
             ord("E"): self._s_error,
             ord("N"): self._s_notice,
             ord("A"): self._s_notification,
-            ord("S"): None,
+            ord("S"): self._s_parameter_status,
             ord("Z"): self._s_ready,
             ord("G"): None,
             ord("H"): None,
@@ -337,6 +392,13 @@ class CloakSession:
         if wrapped is None or wrapped.base is not base or wrapped.temp is not self.temp:
             wrapped = self._temp_catalog = TempCatalog(base, self.temp)
         return as_catalog(wrapped)
+
+    def keyring(self) -> Keyring:
+        if self.private is not None and self.private_keys is not None:
+            return self.private_keys
+        keys = self.entry.keyring
+        assert keys is not None
+        return keys
 
     def unmasker(self) -> Unmasker:
         """Reverse names; inside a DDL transaction also the names it has just dropped.
@@ -374,7 +436,12 @@ class CloakSession:
             return
         head = self.units[0] if self.units else None
         need = head is not None and (
-            head.hidden or head.explain or head.values or head.kind == U_INTERNAL
+            head.hidden
+            or head.explain
+            or head.values
+            or head.enc is not None
+            or head.kind == U_INTERNAL
+            or self.poisoned
         )
         table[68] = self._s_data_row if need else None
 
@@ -415,12 +482,13 @@ class CloakSession:
                 return None
             return self._release(None)  # e.g. an aborted transaction: retry later
         try:
-            loaded = parse_load(res[: len(LOAD_STATEMENTS)], self.ctx.master)
-        except RegistryUnavailable as exc:
-            self.on_fatal(exc.sqlstate, exc.message)
+            loaded = parse_load(res[:_N_LOAD], self.ctx.master)
+            keys = Keyring.load(self.ctx.master, loaded.registry, res[_N_LOAD + 1])
+        except (RegistryUnavailable, ValueDecryptionError) as exc:
+            self.on_fatal(exc.sqlstate, str(getattr(exc, "message", "")) or _BAD_KEYS)
             return None
-        fingerprint = res[-1][0][0] if len(res) == len(LOAD) and res[-1] else None
-        self.entry.install(loaded, fingerprint)
+        fingerprint = res[_N_LOAD][0][0] if res[_N_LOAD] else None
+        self.entry.install(loaded, fingerprint, keys)
         if loaded.key_check_missing:
             from pgcloak.registry.store import key_check_write
 
@@ -469,13 +537,15 @@ class CloakSession:
             if private:
                 # This transaction's own view of the registry (after ROLLBACK TO):
                 # never shared, it is not committed.
+                part = res[n_listen : n_listen + len(LOAD)]
                 try:
-                    loaded = parse_load(res[n_listen : n_listen + len(LOAD_STATEMENTS)],
-                                        self.ctx.master)  # fmt: skip
-                except RegistryUnavailable as exc:
-                    self.on_fatal(exc.sqlstate, exc.message)
+                    loaded = parse_load(part[:_N_LOAD], self.ctx.master)
+                    keys = Keyring.load(self.ctx.master, loaded.registry, part[_N_LOAD + 1])
+                except (RegistryUnavailable, ValueDecryptionError) as exc:
+                    self.on_fatal(exc.sqlstate, str(getattr(exc, "message", "")) or _BAD_KEYS)
                     return None
                 self.private = (OverlayCatalog(loaded.catalog), loaded.registry)
+                self.private_keys = keys
                 self._private_unmasker = None
                 return self._release(None)
             if reload:
@@ -564,10 +634,26 @@ class CloakSession:
                 self.portals[portal] = prepared
             else:
                 self.portals.pop(portal, None)
-            self._push(Unit(U_BIND, simple=False))
+            unit = Unit(U_BIND, simple=False)
+            self._push(unit)
             mapped = None
-            if prepared is not None and prepared.values:
-                mapped = map_bind_names(buf, pos, end, self._relation_physical)
+            if prepared is not None:
+                if prepared.values:
+                    mapped = map_bind_names(buf, pos, end, self._relation_physical)
+                if prepared.enc is not None:
+                    self.portals[portal] = dataclasses.replace(
+                        prepared, formats=result_formats(buf, pos, end, len(prepared.enc))
+                    )
+                if prepared.params:
+                    try:
+                        mapped = transform_bind(
+                            buf, pos, end, slots=prepared.params, ring=self.keyring(), fmt=self.fmt
+                        )
+                    except ValueError_ as exc:
+                        # Make the server fail this Bind (so it skips to Sync as it would
+                        # for its own error) and answer with pgcloak's error instead.
+                        unit.refusal = CloakError(exc.sqlstate, exc.message)
+                        mapped = frame(b"B", b"\0" + _NO_STATEMENT + b"\0\0\0\0\0\0\0")
             out.append(buf[pos:end] if mapped is None else mapped)
         elif typ == 68:  # D
             self.ext_open = True
@@ -578,6 +664,9 @@ class CloakSession:
             if prepared is not None:
                 unit.plan = prepared.plan
                 unit.output = prepared.output
+                unit.enc = prepared.enc
+                unit.params = prepared.params
+                unit.formats = prepared.formats
             self._push(unit)
             out.append(buf[pos:end])
         elif typ == 69:  # E
@@ -630,11 +719,15 @@ class CloakSession:
             loaded = self.entry.loaded
             assert loaded is not None
             self.private = (OverlayCatalog(loaded.catalog), loaded.registry.copy())
+            self.private_keys = self.keyring().copy()
         catalog, registry = self.private
         writes: list[Write] = []
+        before = {obj.id for obj in registry}
         try:
             for change in plan.changes:
                 writes.extend(writes_for(registry, change))
+            assert self.private_keys is not None
+            writes.extend(self.private_keys.writes_for_new_columns(registry, before))
         except NameConflict as exc:
             raise CloakError("42P07", f'relation "{exc.name}" already exists') from None
         except RegistryError:
@@ -712,10 +805,11 @@ class CloakSession:
                 else:
                     unit = Unit(U_STEP, plan=plan, offset=length)
                     unit.values = plan.maps_values
-                    text = plan.sql
+                    text = self._values_in(plan)
                     if plan.cloaked or _sql_prepared(plan):
                         unit.output = self._output(plan)
                         unit.explain = plan.cloaked and plan.statement == "ExplainStmt"
+                    unit.enc = plan.output_columns
                 units.append(unit)
                 texts.append(text)
                 length += len(text)
@@ -734,6 +828,9 @@ class CloakSession:
         except CloakError as err:
             self._refuse(err, out)
             return
+        except ValueError_ as exc:
+            self._refuse(CloakError(exc.sqlstate, exc.message), out)
+            return
         if not units:
             units.append(Unit(U_STEP))  # empty query: EmptyQueryResponse
         for unit in units:
@@ -741,6 +838,15 @@ class CloakSession:
         self._push(Unit(U_QEND))
         text = "".join(texts)
         out.append(frame(b"Q", text.encode() + b"\0") if text != sql else raw_query(raw))
+
+    def _values_in(self, plan: Plan) -> str:
+        """The plan's SQL with literals of encrypted columns encrypted (ValueError_ if bad)."""
+        assert plan.sql is not None
+        if plan.copy_columns is not None and any(plan.copy_columns):
+            raise CloakError("0A000", "pgcloak does not support COPY of encrypted columns yet")
+        if not plan.value_slots:
+            return plan.sql
+        return splice_literals(plan.sql, plan.value_slots, self.keyring(), self.fmt)
 
     def _output(self, plan: Plan) -> tuple[str, ...] | None:
         if plan.execute is not None:
@@ -787,8 +893,12 @@ class CloakSession:
                     prepared.tag = plan.command_tag
                     text = self._writes(plan)
                 else:
-                    text = plan.sql
+                    text = self._values_in(plan)
                     prepared.values = plan.maps_values
+                    prepared.enc = plan.output_columns
+                    if plan.param_slots:
+                        prepared.params = dict(plan.param_slots)
+                        rest = parse_param_types(rest, prepared.params)[0]
                     if plan.cloaked or _sql_prepared(plan):
                         prepared.output = self._output(plan)
                         prepared.explain = plan.cloaked and plan.statement == "ExplainStmt"
@@ -799,6 +909,9 @@ class CloakSession:
             return
         except CloakError as err:
             self._refuse(err, out, name)
+            return
+        except ValueError_ as exc:
+            self._refuse(CloakError(exc.sqlstate, exc.message), out, name)
             return
         self.stmts[name] = prepared
         self._push(Unit(U_PARSE, plan=prepared.plan, simple=False))
@@ -827,6 +940,8 @@ class CloakSession:
         unit.output = prepared.output
         unit.explain = prepared.explain
         unit.values = prepared.values
+        unit.enc = prepared.enc
+        unit.formats = prepared.formats
         unit.tag = prepared.tag
         unit.write = prepared.tag is not None
         self._push(unit)
@@ -856,22 +971,28 @@ class CloakSession:
             return None
         if unit.kind != _ENDS.get(buf[start]):
             raise ProtocolError("pgcloak lost track of the upstream's responses")
-        return b"" if unit.hidden else None
+        return b"" if unit.hidden or self.poisoned else None
 
     def _s_no_data(self, buf: bytes, start: int, end: int) -> bytes | None:
         head = self.units[0] if self.units else None
         if head is not None and head.kind == U_DESCRIBE:
             self._pop()
-            return b"" if head.hidden else None
-        return b"" if head is not None and head.hidden else None
+            return b"" if head.hidden or self.poisoned else None
+        return b"" if head is not None and (head.hidden or self.poisoned) else None
 
     def _s_suspended(self, buf: bytes, start: int, end: int) -> bytes | None:
         unit = self._pop()
-        return b"" if unit is not None and unit.hidden else None
+        return b"" if unit is not None and (unit.hidden or self.poisoned) else None
 
     def _s_param_desc(self, buf: bytes, start: int, end: int) -> bytes | None:
         head = self.units[0] if self.units else None
-        return b"" if head is not None and head.hidden else None
+        if head is None:
+            return None
+        if head.hidden or self.poisoned:
+            return b""
+        if head.params:
+            return describe_params(buf[start + 5 : end], head.params)
+        return None
 
     def _s_row_desc(self, buf: bytes, start: int, end: int) -> bytes | None:
         head = self.units[0] if self.units else None
@@ -879,11 +1000,17 @@ class CloakSession:
             return None
         if head.kind == U_DESCRIBE:
             self._pop()
-        if head.hidden:
+        if head.hidden or self.poisoned:
             return b""
         if head.output is None and (head.plan is None or not head.plan.cloaked):
             return None
-        return rename_fields(buf[start + 5 : end], head.output, self.unmasker().names)
+        renamed = rename_fields(buf[start + 5 : end], head.output, self.unmasker().names)
+        if head.enc is None:
+            return renamed
+        typed, formats = describe_row(renamed[5:], head.enc)
+        if head.kind != U_DESCRIBE or head.formats is None:
+            head.formats = formats
+        return typed
 
     def _s_data_row(self, buf: bytes, start: int, end: int) -> bytes | None:
         head = self.units[0] if self.units else None
@@ -892,8 +1019,19 @@ class CloakSession:
         if head.results is not None:
             head.results[-1].append(_text_row(buf, start + 5, end))
             return b""
-        if head.hidden:
+        if head.hidden or self.poisoned:
             return b""
+        if head.enc is not None:
+            try:
+                return decrypt_row(
+                    buf[start + 5 : end], head.enc, head.formats or (), self.keyring(), self.fmt
+                )
+            except ValueError_ as exc:
+                # PostgreSQL's own behaviour for an error mid-result: the ErrorResponse,
+                # then nothing more for this query but ReadyForQuery.
+                self.poisoned = True
+                self._head_changed()
+                return ErrorResponse.make("ERROR", exc.sqlstate, exc.message).encode()
         if head.explain:
             return self.unmasker().explain_row(buf[start + 5 : end])
         if head.values:
@@ -909,6 +1047,8 @@ class CloakSession:
             head.results.append([])
             return b""
         self._pop()
+        if self.poisoned:
+            return b""
         if head.hold:
             nxt = next((u for u in self.units if u.write), None)
             if nxt is not None:
@@ -928,6 +1068,8 @@ class CloakSession:
         head = self.units[0] if self.units else None
         if head is None:
             return encode_fields(b"E", self.unmasker().fields(fields))
+        if self.poisoned and head.kind != U_INTERNAL:
+            return b""  # the client already has an error for this query
         if head.kind == U_INTERNAL:
             assert head.results is not None
             head.results.append([])
@@ -943,13 +1085,26 @@ class CloakSession:
             mapped: int | None = None
             if pos is not None and pos.isdigit() and head.plan is not None:
                 mapped = head.plan.original_position(int(pos) - head.offset)
-            replacement = encode_fields(b"E", self.unmasker().fields(fields, mapped))
+            mapped_fields = self.unmasker().fields(fields, mapped)
+            detail = mapped_fields.get("D")
+            if detail is not None and "\\x" in detail:
+                mapped_fields["D"] = self._reveal(detail, fields.get("t"))
+            replacement = encode_fields(b"E", mapped_fields)
         # The backend skips to the end of the Query (simple) or to Sync (extended).
         stop = U_QEND if head.simple else U_SYNC
         while self.units and self.units[0].kind not in (stop, U_INTERNAL):
             self.units.popleft()
         self._head_changed()
         return replacement
+
+    def _reveal(self, detail: str, table: str | None) -> str:
+        rel = self.catalog().relation_by_physical(table) if table else None
+        if rel is None:
+            return detail
+        cols = [EncColumn.of(c.policy, rel.physical, c.physical) for c in rel.columns if c.policy]
+        if not cols:
+            return detail
+        return reveal_detail(detail, cols, self.keyring(), self.fmt)
 
     def _s_notice(self, buf: bytes, start: int, end: int) -> bytes | None:
         head = self.units[0] if self.units else None
@@ -963,6 +1118,23 @@ class CloakSession:
             unmasker = Unmasker({**unmasker.names, **dict(plan.notice_names)}, unmasker.catalog)
         return encode_fields(b"N", unmasker.fields(fields))
 
+    def _s_parameter_status(self, buf: bytes, start: int, end: int) -> bytes | None:
+        """Follow the settings that change how encrypted values are read and printed."""
+        name, value = two_cstrs(buf, start + 5, end)
+        if name in _FORMAT_GUCS:
+            text = value.decode("utf-8", "replace")
+            fmt = self.fmt
+            if name == b"DateStyle":
+                fmt = dataclasses.replace(fmt, datestyle=text)
+            elif name == b"IntervalStyle":
+                fmt = dataclasses.replace(fmt, intervalstyle=text)
+            elif name == b"TimeZone":
+                fmt = dataclasses.replace(fmt, timezone=text)
+            else:
+                fmt = dataclasses.replace(fmt, standard_conforming_strings=text == "on")
+            self.fmt = fmt
+        return None
+
     def _s_notification(self, buf: bytes, start: int, end: int) -> bytes | None:
         i = buf.index(b"\0", start + 9, end)
         if buf[start + 9 : i] != CHANNEL.encode():
@@ -975,9 +1147,13 @@ class CloakSession:
         status = buf[start + 5 : start + 6]
         self.txn_status = status
         unit = self._pop()
+        if self.poisoned and unit is not None and unit.kind in (U_QEND, U_SYNC):
+            self.poisoned = False
+            self._head_changed()
         if status == b"I":
             if self.private is not None:
                 self.private = None
+                self.private_keys = None
                 self.entry.stale = True  # re-read exactly what committed (or not)
                 self.ctx.committed(self.database)
             if self.set_in_txn:
@@ -1044,6 +1220,26 @@ def map_bind_names(
 def _sql_prepared(plan: Plan) -> bool:
     """PREPARE/EXECUTE/DEALLOCATE: their output names come from the session's map."""
     return plan.prepare is not None or plan.execute is not None or plan.deallocate is not None
+
+
+def result_formats(buf: bytes, pos: int, end: int, columns: int) -> list[int]:
+    """The result-column format codes a Bind asks for, one per column."""
+    i = buf.index(b"\0", pos + 5, end)
+    p = buf.index(b"\0", i + 1, end) + 1
+    nfmt = int.from_bytes(buf[p : p + 2], "big")
+    p += 2 + 2 * nfmt
+    nparams = int.from_bytes(buf[p : p + 2], "big")
+    p += 2
+    for _ in range(nparams):
+        ln = int.from_bytes(buf[p : p + 4], "big", signed=True)
+        p += 4 + max(ln, 0)
+    nres = int.from_bytes(buf[p : p + 2], "big")
+    codes = [int.from_bytes(buf[p + 2 + 2 * k : p + 4 + 2 * k], "big") for k in range(nres)]
+    if nres == 0:
+        return [0] * columns
+    if nres == 1:
+        return codes * columns
+    return codes
 
 
 def raw_query(raw: bytes) -> bytes:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pgcloak.proxy.cloak_results import Unmasker
+from pgcloak.proxy.cloak_values import Keyring
 from pgcloak.registry.catalog import Loaded, snapshot_covers
 
 __all__ = ["DatabaseEntry", "RegistryCache"]
@@ -29,10 +30,14 @@ class DatabaseEntry:
     unmasker: Unmasker | None = None
     loads: int = 0  # completed loads, for metrics and tests
     fingerprint: str | None = None  # registry change marker read with the last load
+    keyring: Keyring | None = None  # column data keys by scope
 
-    def install(self, loaded: Loaded, fingerprint: str | None = None) -> None:
+    def install(
+        self, loaded: Loaded, fingerprint: str | None = None, keyring: Keyring | None = None
+    ) -> None:
         self.loaded = loaded
         self.fingerprint = fingerprint
+        self.keyring = keyring
         self.generation += 1
         self.loads += 1
         self.unmasker = Unmasker(loaded.registry.physical_names(), loaded.catalog)

@@ -149,7 +149,9 @@ def cloak_context(config: Config) -> CloakContext | None:
         if config.cloak == "on":
             raise
         return None
-    return CloakContext(master, tables=config.cloak_tables, dev=config.mode == "dev")
+    return CloakContext(
+        master, tables=config.cloak_tables, dev=config.mode == "dev", encrypt=config.encrypt
+    )
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -26,6 +26,7 @@ from pgcloak.rewriter.catalog import (
     CreateView,
     DropColumn,
     DropConstraint,
+    DropIndex,
     DropSequence,
     DropTable,
     DropView,
@@ -33,6 +34,7 @@ from pgcloak.rewriter.catalog import (
     OwnedSequence,
     RenameColumn,
     RenameConstraint,
+    RenameIndex,
     RenameSequence,
     RenameTable,
     ReplaceView,
@@ -139,6 +141,13 @@ def _add_sequences(
             implicit=seq.implicit,
         ).writes
     return writes
+
+
+def _index(registry: Registry, physical: str) -> RegistryObject:
+    obj = registry.by_physical(physical)
+    if obj is None or obj.kind != Kind.INDEX:
+        raise ChangeMismatch(f"no registered index {physical}")
+    return obj
 
 
 def _sequence(registry: Registry, seq: AnySequence) -> RegistryObject:
@@ -248,6 +257,11 @@ def writes_for(registry: Registry, change: CatalogChange) -> list[Write]:
         case CreateIndex(idx):
             holder = _relation(registry, idx.table, (Kind.TABLE, Kind.MATVIEW))
             return _add_indexes(registry, holder, [idx])
+        case DropIndex(_physical, index, cascaded):
+            writes = registry.drop(_index(registry, index).id)
+            return writes + _drop_constraints(registry, cascaded)
+        case RenameIndex(_physical, index, new_name):
+            return registry.rename(_index(registry, index).id, new_name)
         case CreateView(rel):
             view, writes = registry.add(_VIEW_KINDS[rel.kind], rel.name, schema=rel.schema,
                                         physical_name=rel.physical)  # fmt: skip

@@ -43,8 +43,8 @@ relation, and cloaked names inside string literals (``'customers'::regclass``).
 """
 
 from pgcloak.rewriter.catalog import Catalog, CatalogChange, MemoryCatalog
-from pgcloak.rewriter.policy import ColumnPolicy, EncColumn, EncryptRules
 from pgcloak.rewriter.plan import CloakError, Plan, PositionMap, combine
+from pgcloak.rewriter.policy import ColumnPolicy, EncColumn, EncryptRules
 from pgcloak.rewriter.rewriter import Rewriter, plan_query
 
 __all__ = [

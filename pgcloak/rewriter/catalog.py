@@ -29,6 +29,7 @@ from pgcloak.rewriter.objects import (
     CreateView,
     DropColumn,
     DropConstraint,
+    DropIndex,
     DropSequence,
     DropTable,
     DropView,
@@ -37,6 +38,7 @@ from pgcloak.rewriter.objects import (
     Relation,
     RenameColumn,
     RenameConstraint,
+    RenameIndex,
     RenameSequence,
     RenameTable,
     ReplaceView,
@@ -62,6 +64,7 @@ __all__ = [
     "CreateView",
     "DropColumn",
     "DropConstraint",
+    "DropIndex",
     "DropSequence",
     "DropTable",
     "DropView",
@@ -73,6 +76,7 @@ __all__ = [
     "Relation",
     "RenameColumn",
     "RenameConstraint",
+    "RenameIndex",
     "RenameSequence",
     "RenameTable",
     "ReplaceView",
@@ -447,6 +451,15 @@ class MemoryCatalog:
             case CreateIndex(index):
                 self._rel(index.table)
                 self._idx.setdefault(index.table, []).append(index)
+            case DropIndex(table, physical, cascaded):
+                self._comments.pop(("i", None, physical), None)
+                self._idx[table] = [i for i in self._idx.get(table, []) if i.physical != physical]
+                self._drop_constraints(cascaded)
+            case RenameIndex(table, physical, new_name):
+                self._idx[table] = [
+                    replace(i, name=new_name, implicit=False) if i.physical == physical else i
+                    for i in self._idx.get(table, [])
+                ]
             case CreateView(view):
                 self._put(view)
             case ReplaceView(view, columns, reads):

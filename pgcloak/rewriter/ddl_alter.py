@@ -195,7 +195,7 @@ def _alter_cmd(a: Analyzer, rel: Relation, cmd: Node, start: int, end: int) -> R
         msg = f'column "{name}" of relation "{rel.name}" does not exist'
         raise CloakError("42703", msg, a.ts.pos(tok))
     a.edits.set(tok, target.physical)
-    ddl_encrypt.check_alter_column(a, target, sub, cmd)
+    ddl_encrypt.check_alter_column(a, rel, target, sub, cmd)
     scope = Scope(
         None,
         [Item(rel.name, rel.physical, [Col(c.name, c.physical) for c in rel.columns], rel.schema)],

@@ -255,8 +255,13 @@ def check_constraints(a: Analyzer, rel: Relation, constraints: list[Constraint])
     _Checker(a, rel, {}, set()).run(constraints)
 
 
-def check_alter_column(a: Analyzer, column: Column, sub: str, cmd: Node) -> None:
-    """ALTER COLUMN TYPE / SET DEFAULT on an encrypted column."""
+def check_alter_column(a: Analyzer, rel: Relation, column: Column, sub: str, cmd: Node) -> None:
+    """ALTER COLUMN TYPE [USING] / SET DEFAULT involving encrypted columns."""
+    if sub == "AT_AlterColumnType":
+        using = cmd["def"]["ColumnDef"].get("raw_default")
+        for col in _encrypted_refs(rel, using):
+            assert col.policy is not None
+            raise refusal(("convert", " into another column's type"), col.name, col.policy.mode)
     p = column.policy
     if p is None:
         return

@@ -172,7 +172,10 @@ def literal_range(a: Analyzer, const: Node) -> tuple[int, int]:
                 ts.pos(tok),
             )  # fmt: skip
     elif ts.name(tok) not in _LITERALS:
-        raise _locate_error()
+        raise CloakError(
+            "0A000", "pgcloak does not support this form of literal for an encrypted column",
+            ts.pos(tok),
+        )  # fmt: skip
     raw = ts.raw(tok)
     if ts.name(tok) in ("SCONST", "BCONST", "XCONST") and not _ONE_STRING.fullmatch(raw):
         raise CloakError(

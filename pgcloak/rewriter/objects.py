@@ -27,6 +27,7 @@ __all__ = [
     "CreateView",
     "DropColumn",
     "DropConstraint",
+    "DropIndex",
     "DropSequence",
     "DropTable",
     "DropView",
@@ -35,6 +36,7 @@ __all__ = [
     "Relation",
     "RenameColumn",
     "RenameConstraint",
+    "RenameIndex",
     "RenameSequence",
     "RenameTable",
     "ReplaceView",
@@ -224,6 +226,28 @@ class CreateIndex:
 
 
 @dataclass(frozen=True)
+class DropIndex:
+    """DROP INDEX of a plain index of `table`; `cascaded`: FKs that depended on it (CASCADE)."""
+
+    table: str
+    index: str
+    cascaded: tuple[Constraint, ...] = ()
+
+
+@dataclass(frozen=True)
+class RenameIndex:
+    """ALTER INDEX ... RENAME TO of a plain index: registry-only, like table renames.
+
+    (Renaming the index of a PRIMARY KEY/UNIQUE/EXCLUDE constraint renames the
+    constraint: that is a RenameConstraint.)
+    """
+
+    table: str
+    index: str
+    new_name: str = field(repr=False)
+
+
+@dataclass(frozen=True)
 class CreateView:
     """A new view or materialized view (`view.kind`) with its columns and `reads`."""
 
@@ -306,6 +330,8 @@ CatalogChange = (
     | DropConstraint
     | RenameConstraint
     | CreateIndex
+    | DropIndex
+    | RenameIndex
     | CreateView
     | ReplaceView
     | DropView

@@ -22,6 +22,7 @@ from pgcloak.rewriter.catalog import (
     CreateView,
     DropColumn,
     DropConstraint,
+    DropIndex,
     DropSequence,
     DropTable,
     DropView,
@@ -31,6 +32,7 @@ from pgcloak.rewriter.catalog import (
     Relation,
     RenameColumn,
     RenameConstraint,
+    RenameIndex,
     RenameSequence,
     RenameTable,
     ReplaceView,
@@ -50,12 +52,14 @@ def _tables(change: CatalogChange) -> set[str]:
             return {table} | {c.table for c in cons}
         case DropColumn(table, _, cons):
             return {table} | {c.table for c in cons}
-        case DropConstraint(table, _, cascaded):
+        case DropConstraint(table, _, cascaded) | DropIndex(table, _, cascaded):
             return {table} | {c.table for c in cascaded}
         case AddConstraint(con):
             return {con.table}
         case CreateIndex(index):
             return {index.table}
+        case RenameIndex(table):
+            return {table}
         case AddColumn(table) | RenameTable(table) | RenameColumn(table) | RenameConstraint(table):
             return {table}
         case CreateView(view):

@@ -1,0 +1,394 @@
+"""Encrypted column values on the wire: keys per scope, and the per-message transforms.
+
+The rewriter says where encrypted values appear (plan value/param slots, output
+columns); this module does the work with the data keys: SQL literals become
+`'\\x…'::bytea` ciphertext literals, Bind parameters are decoded in the client's
+format and sent as binary ciphertext, and DataRow fields are decrypted and
+encoded back in the format the client asked for, with RowDescription and
+ParameterDescription showing the declared types. Nothing here logs or raises
+with a value in the message.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pgcloak.crypto.codecs import CodecError, SessionFormat, TypeCodec, codec_for, parse_type
+from pgcloak.crypto.keys import MasterKey
+from pgcloak.crypto.values import (
+    ColumnCipher,
+    DataKey,
+    LocalKeyWrapper,
+    ValueDecryptionError,
+    new_data_key,
+)
+from pgcloak.proxy.wire import frame
+from pgcloak.registry.model import Kind, Write
+from pgcloak.registry.store import Registry
+
+__all__ = [
+    "DATA_KEYS_SQL",
+    "EncryptedType",
+    "Keyring",
+    "ValueError_",
+    "decrypt_row",
+    "describe_params",
+    "describe_row",
+    "sql_literal_text",
+]
+
+DATA_KEYS_SQL = "SELECT column_id, key_version, wrapped FROM pgcloak.data_keys"
+_INSERT_KEY = (
+    "INSERT INTO pgcloak.data_keys (column_id, key_version, wrapped) VALUES ($1::uuid, "
+    "$2::int4, $3::bytea)"
+)
+BYTEA = 17
+_FIELD = struct.Struct("!IhIhih")
+_I16 = struct.Struct("!h")
+_NULL = b"\xff\xff\xff\xff"
+
+
+class EncColumnLike(Protocol):
+    """What the rewriter tells about an encrypted column (pgcloak.rewriter EncColumn)."""
+
+    @property
+    def scope(self) -> str: ...
+
+    @property
+    def mode(self) -> str: ...
+
+    @property
+    def type_sql(self) -> str: ...
+
+
+class ValueError_(Exception):
+    """A value pgcloak cannot encrypt or decrypt; goes to the client as an ErrorResponse."""
+
+    def __init__(self, sqlstate: str, message: str) -> None:
+        super().__init__(sqlstate)
+        self.sqlstate = sqlstate
+        self.message = message
+
+
+@dataclass(frozen=True)
+class EncryptedType:
+    """The declared type of an encrypted column, resolved once per type text."""
+
+    oid: int
+    typmod: int
+    codec: TypeCodec
+    typlen: int
+
+    @classmethod
+    def of(cls, type_sql: str) -> EncryptedType:
+        oid, typmod = parse_type(type_sql)
+        codec = codec_for(oid)
+        if codec is None:
+            raise ValueError_("0A000", f"pgcloak cannot encrypt values of type {type_sql}")
+        return cls(oid, typmod, codec, _TYPLEN.get(oid, -1))
+
+
+_TYPLEN = {16: 1, 20: 8, 21: 2, 23: 4, 700: 4, 701: 8, 1082: 4, 1083: 8, 1114: 8, 1184: 8,
+           1186: 16, 2950: 16}  # fmt: skip
+_TYPES: dict[str, EncryptedType] = {}
+
+
+def encrypted_type(type_sql: str) -> EncryptedType:
+    found = _TYPES.get(type_sql)
+    if found is None:
+        found = _TYPES[type_sql] = EncryptedType.of(type_sql)
+    return found
+
+
+@dataclass
+class Keyring:
+    """Data keys by scope for one registry generation (or one transaction's copy)."""
+
+    master: MasterKey
+    keys: dict[str, dict[int, DataKey]] = field(default_factory=dict)
+    _ciphers: dict[tuple[str, str], ColumnCipher] = field(default_factory=dict)
+
+    @classmethod
+    def load(
+        cls, master: MasterKey, registry: Registry, rows: Iterable[Sequence[str | None]]
+    ) -> Keyring:
+        """Unwrap `pgcloak.data_keys` rows (text format) for columns with a policy."""
+        ring = cls(master)
+        wrapper = LocalKeyWrapper(master)
+        for column_id, version, wrapped in rows:
+            if column_id is None or version is None or wrapped is None:
+                continue
+            cid = uuid.UUID(column_id)
+            obj = registry.get(cid)
+            if obj is None or obj.policy is None:
+                continue
+            scope = str(obj.policy.get("scope", ""))
+            key = wrapper.unwrap(bytes.fromhex(wrapped[2:]), cid, int(version))
+            ring.keys.setdefault(scope, {})[key.version] = key
+        return ring
+
+    def copy(self) -> Keyring:
+        return Keyring(self.master, {s: dict(v) for s, v in self.keys.items()})
+
+    def cipher(self, col: EncColumnLike) -> ColumnCipher:
+        cached = self._ciphers.get((col.scope, col.mode))
+        if cached is None:
+            keys = self.keys.get(col.scope)
+            if not keys:
+                raise ValueError_("XX001", "pgcloak has no data key for an encrypted column")
+            cached = ColumnCipher(col.mode, col.scope.encode(), keys)
+            self._ciphers[(col.scope, col.mode)] = cached
+        return cached
+
+    def writes_for_new_columns(self, registry: Registry, before: set[uuid.UUID]) -> list[Write]:
+        """Data keys for encrypted columns added to `registry` since `before` (its ids)."""
+        wrapper = LocalKeyWrapper(self.master)
+        writes: list[Write] = []
+        for obj in registry:
+            if obj.id in before or obj.kind is not Kind.COLUMN or obj.policy is None:
+                continue
+            scope = str(obj.policy.get("scope", ""))
+            keys = self.keys.get(scope)
+            if not keys:
+                keys = self.keys[scope] = {1: new_data_key(1)}
+            for key in keys.values():
+                wrapped = wrapper.wrap(key, obj.id)
+                writes.append(Write(_INSERT_KEY, (obj.id, key.version, wrapped)))
+        return writes
+
+
+# -- literals -------------------------------------------------------------------------
+
+
+def sql_literal_text(raw: str, standard_strings: bool = True) -> str | None:
+    """The value of a SQL literal token ('it''s', E'\\n', 42, 1.5); None for NULL."""
+    if raw.upper() == "NULL":
+        return None
+    if raw[:1] in "'eE" and raw.endswith("'"):
+        escape = raw[0] in "eE" or not standard_strings
+        body = raw[2:-1] if raw[0] in "eE" else raw[1:-1]
+        body = body.replace("''", "'")
+        if escape:
+            body = body.encode("latin-1", "backslashreplace").decode("unicode_escape")
+        return body
+    return raw
+
+
+def encrypt_text(text: str, col: EncColumnLike, ring: Keyring, fmt: SessionFormat) -> bytes:
+    t = encrypted_type(col.type_sql)
+    try:
+        canonical = t.codec.from_text(text, t.typmod, fmt)
+    except CodecError as exc:
+        raise ValueError_(exc.sqlstate, exc.message) from None
+    return ring.cipher(col).encrypt(canonical)
+
+
+def encrypt_binary(data: bytes, col: EncColumnLike, ring: Keyring) -> bytes:
+    t = encrypted_type(col.type_sql)
+    try:
+        canonical = t.codec.from_binary(data, t.typmod)
+    except CodecError as exc:
+        raise ValueError_(exc.sqlstate, exc.message) from None
+    return ring.cipher(col).encrypt(canonical)
+
+
+def bytea_literal(ciphertext: bytes) -> str:
+    return f"'\\x{ciphertext.hex()}'::bytea"
+
+
+def splice_literals(
+    sql: str,
+    slots: Sequence[tuple[int, int, EncColumnLike]],
+    ring: Keyring,
+    fmt: SessionFormat,
+) -> str:
+    """`sql` with every literal slot replaced by its ciphertext literal."""
+    out: list[str] = []
+    prev = 0
+    for start, end, col in sorted(slots, key=lambda s: s[0]):
+        out.append(sql[prev:start])
+        text = sql_literal_text(sql[start:end], fmt.standard_conforming_strings)
+        out.append("NULL" if text is None else bytea_literal(encrypt_text(text, col, ring, fmt)))
+        prev = end
+    out.append(sql[prev:])
+    return "".join(out)
+
+
+# -- extended protocol ---------------------------------------------------------------
+
+
+def parse_param_types(rest: bytes, slots: Mapping[int, EncColumnLike]) -> tuple[bytes, list[int]]:
+    """Parse's parameter-type list with encrypted parameters declared bytea.
+
+    Returns the new list (wire bytes) and the client's own declared oids.
+    """
+    n = int.from_bytes(rest[:2], "big")
+    oids = [int.from_bytes(rest[2 + 4 * k : 6 + 4 * k], "big") for k in range(n)]
+    declared = list(oids)
+    top = max(slots) if slots else 0
+    while len(oids) < top:
+        oids.append(0)
+    for number in slots:
+        oids[number - 1] = BYTEA
+    body = len(oids).to_bytes(2, "big") + b"".join(o.to_bytes(4, "big") for o in oids)
+    return body, declared
+
+
+def describe_params(body: bytes, slots: Mapping[int, EncColumnLike]) -> bytes:
+    """ParameterDescription with the declared types of encrypted parameters."""
+    n = _I16.unpack_from(body, 0)[0]
+    oids = [int.from_bytes(body[2 + 4 * k : 6 + 4 * k], "big") for k in range(n)]
+    for number, col in slots.items():
+        if 0 < number <= n:
+            oids[number - 1] = encrypted_type(col.type_sql).oid
+    return frame(b"t", _I16.pack(n) + b"".join(o.to_bytes(4, "big") for o in oids))
+
+
+def transform_bind(
+    buf: bytes,
+    pos: int,
+    end: int,
+    *,
+    slots: Mapping[int, EncColumnLike],
+    ring: Keyring,
+    fmt: SessionFormat,
+) -> bytes:
+    """A Bind with encrypted parameters encrypted (sent in binary format)."""
+    i = buf.index(b"\0", pos + 5, end)
+    j = buf.index(b"\0", i + 1, end)
+    names = buf[pos + 5 : j + 1]
+    p = j + 1
+    nfmt = int.from_bytes(buf[p : p + 2], "big")
+    formats = [int.from_bytes(buf[p + 2 + 2 * k : p + 4 + 2 * k], "big") for k in range(nfmt)]
+    p += 2 + 2 * nfmt
+    nparams = int.from_bytes(buf[p : p + 2], "big")
+    p += 2
+    new_formats: list[int] = []
+    values: list[bytes] = []
+    for k in range(nparams):
+        ln = int.from_bytes(buf[p : p + 4], "big", signed=True)
+        p += 4
+        value = None if ln < 0 else buf[p : p + ln]
+        p += max(ln, 0)
+        f = formats[0] if nfmt == 1 else (formats[k] if k < nfmt else 0)
+        col = slots.get(k + 1)
+        if col is not None and value is not None:
+            if f == 0:
+                sealed = encrypt_text(value.decode("utf-8", "surrogateescape"), col, ring, fmt)
+            else:
+                sealed = encrypt_binary(value, col, ring)
+            value, f = sealed, 1
+        new_formats.append(f)
+        values.append(_NULL if value is None else len(value).to_bytes(4, "big") + value)
+    head = _I16.pack(len(new_formats)) + b"".join(_I16.pack(f) for f in new_formats)
+    return frame(b"B", names + head + _I16.pack(nparams) + b"".join(values) + buf[p:end])
+
+
+# -- results --------------------------------------------------------------------------
+
+
+def describe_row(body: bytes, output: Sequence[EncColumnLike | None]) -> tuple[bytes, list[int]]:
+    """RowDescription with declared types for encrypted outputs; also the field formats."""
+    count = _I16.unpack_from(body, 0)[0]
+    pos = 2
+    parts = [body[:2]]
+    formats: list[int] = []
+    for k in range(count):
+        end = body.index(b"\0", pos)
+        table, column, oid, size, typmod, f = _FIELD.unpack_from(body, end + 1)
+        col = output[k] if k < len(output) else None
+        if col is not None:
+            t = encrypted_type(col.type_sql)
+            oid, size, typmod = t.oid, t.typlen, t.typmod
+        parts.append(body[pos : end + 1] + _FIELD.pack(table, column, oid, size, typmod, f))
+        formats.append(f)
+        pos = end + 1 + _FIELD.size
+    return frame(b"T", b"".join(parts)), formats
+
+
+def decrypt_row(
+    body: bytes,
+    output: Sequence[EncColumnLike | None],
+    formats: Sequence[int],
+    ring: Keyring,
+    fmt: SessionFormat,
+) -> bytes:
+    """A DataRow with encrypted fields decrypted and encoded in each field's format."""
+    count = _I16.unpack_from(body, 0)[0]
+    pos = 2
+    out = [body[:2]]
+    for k in range(count):
+        ln = int.from_bytes(body[pos : pos + 4], "big", signed=True)
+        start = pos + 4
+        pos = start + max(ln, 0)
+        col = output[k] if k < len(output) else None
+        if col is None or ln < 0:
+            out.append(body[start - 4 : pos])
+            continue
+        f = formats[k] if k < len(formats) else 0
+        # The server sends the bytea in the format the client asked for this column.
+        sealed = body[start:pos] if f == 1 else bytea_from_text(body[start:pos])
+        try:
+            canonical = ring.cipher(col).decrypt(sealed)
+        except ValueDecryptionError:
+            raise ValueError_(
+                "XX001", "pgcloak could not decrypt a stored value (tampered or wrong key)"
+            ) from None
+        t = encrypted_type(col.type_sql)
+        value = t.codec.to_binary(canonical) if f == 1 else t.codec.to_text(canonical, fmt).encode()
+        out.append(len(value).to_bytes(4, "big") + value)
+    return frame(b"D", b"".join(out))
+
+
+_HEX_VALUE = re.compile(r"\\x([0-9a-f]{54,})")
+
+
+def reveal_detail(
+    detail: str, columns: Sequence[EncColumnLike], ring: Keyring, fmt: SessionFormat
+) -> str:
+    """Key values in an error DETAIL (`Key (email)=(\\x01...)`) shown as plaintext.
+
+    PostgreSQL prints the stored bytea; a plain database would print the value. Each
+    ciphertext is tried against the table's encrypted columns; what does not decrypt
+    is left as it is.
+    """
+
+    def sub(m: re.Match[str]) -> str:
+        sealed = bytes.fromhex(m.group(1))
+        for col in columns:
+            try:
+                canonical = ring.cipher(col).decrypt(sealed)
+            except (ValueDecryptionError, ValueError_):
+                continue
+            return encrypted_type(col.type_sql).codec.to_text(canonical, fmt)
+        return m.group(0)
+
+    return _HEX_VALUE.sub(sub, detail)
+
+
+def bytea_from_text(text: bytes) -> bytes:
+    """bytea's text output (hex, or the old escape format) back to bytes."""
+    if text[:2] == b"\\x":
+        try:
+            return bytes.fromhex(text[2:].decode("ascii"))
+        except ValueError:
+            raise ValueError_("XX001", "pgcloak received a malformed encrypted value") from None
+    out = bytearray()
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == 0x5C and i + 1 < n and text[i + 1] == 0x5C:
+            out.append(0x5C)
+            i += 2
+        elif c == 0x5C and i + 3 < n:
+            out.append(int(text[i + 1 : i + 4], 8))
+            i += 4
+        else:
+            out.append(c)
+            i += 1
+    return bytes(out)
