@@ -60,6 +60,27 @@ class Unmasker:
     def __init__(self, names: Mapping[str, str], catalog: Catalog) -> None:
         self.names = names
         self.catalog = catalog
+        self._enc_types: dict[str, str] | None = None
+
+    @property
+    def enc_types(self) -> dict[str, str]:
+        """Physical name of each encrypted column -> its declared type as format_type prints it.
+
+        A physical name shared by columns that disagree (same-named columns of tables in
+        one schema, encrypted in one and not the other) is left out.
+        """
+        if self._enc_types is None:
+            found: dict[str, str | None] = {}
+            relations = getattr(self.catalog, "relations", None)
+            for rel in relations() if callable(relations) else ():
+                for col in rel.columns:
+                    shown = display_type(col.policy.type_sql) if col.policy is not None else None
+                    if col.physical in found and found[col.physical] != shown:
+                        found[col.physical] = None
+                    else:
+                        found[col.physical] = shown
+            self._enc_types = {k: v for k, v in found.items() if v is not None}
+        return self._enc_types
 
     def text(self, text: str) -> str:
         return unmask_message(text, self.names) if self.names else text
@@ -104,6 +125,8 @@ class Unmasker:
             return None
         values = _row_values(body)
         out: list[bytes | None] = []
+        declared: str | None = None
+        enc_types = self.enc_types
         for raw in values:
             if raw is None or _PHYSICAL.search(raw) is None:
                 out.append(raw)
@@ -113,8 +136,13 @@ class Unmasker:
             except UnicodeDecodeError:
                 out.append(raw)
                 continue
+            declared = declared or enc_types.get(text)
             exact = self.names.get(text)
             out.append((exact if exact is not None else unmask_sql(text, self.names)).encode())
+        if declared is not None:
+            # A row about an encrypted column (psql's \d, pg_dump's attribute query):
+            # its physical type is bytea; show the declared one, as a plain server would.
+            out = [declared.encode() if v == b"bytea" else v for v in out]
         return _data_row(out)
 
     def explain_row(self, body: bytes) -> bytes:
@@ -162,6 +190,28 @@ class Unmasker:
         exact = self.names.get(plain)
         new = exact if exact is not None else unmask_sql(plain, self.names)
         return html.escape(new, quote=False)
+
+
+_FORMAT_NAMES = {
+    "int2": "smallint", "int4": "integer", "int8": "bigint", "float4": "real",
+    "float8": "double precision", "bool": "boolean", "varchar": "character varying",
+    "bpchar": "character", "timestamptz": "timestamp with time zone",
+    "timestamp": "timestamp without time zone", "time": "time without time zone",
+}  # fmt: skip
+
+
+def display_type(type_sql: str) -> str:
+    """A declared type as PostgreSQL's format_type() prints it (`varchar(5)` -> ...)."""
+    base, _, array = type_sql.partition("[")
+    name, _, mods = base.partition("(")
+    shown = _FORMAT_NAMES.get(name.strip(), name.strip())
+    if mods:
+        shown += "(" + mods.replace(" ", "")
+        if shown.startswith(("timestamp ", "time ")):  # precision goes before "with/without"
+            word, _, rest = shown.partition(" ")
+            prec = "(" + mods.rstrip(")") + ")"
+            shown = word + prec + " " + rest.split("(")[0]
+    return shown + ("[]" if array else "")
 
 
 def _row_values(body: bytes) -> list[bytes | None]:
