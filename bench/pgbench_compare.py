@@ -285,7 +285,7 @@ class BenchContext:
     pgbench: str
     workdir: Path
     args: argparse.Namespace
-    pgbench_init: Callable[[Endpoint, str], None]
+    pgbench_init: Callable[..., None]
     admin_db: str = "postgres"
 
 
@@ -532,6 +532,9 @@ class PgcloakCloakedTarget(PgcloakTarget):
     def dbname(self) -> str:
         return f"{self.ctx.dbname}_cloaked"
 
+    def init_steps(self) -> str | None:
+        return None  # pgbench's default: client-side COPY
+
     def proxy_env(self) -> dict[str, str]:
         from pgcloak.crypto.keys import new_master_key
 
@@ -553,7 +556,7 @@ class PgcloakCloakedTarget(PgcloakTarget):
         create_database(up, self.ctx.admin_db, dbname)
         with psycopg.connect(up.conninfo(dbname), autocommit=True) as conn:
             install(conn, MasterKey.from_base64(self.master_key))
-        self.ctx.pgbench_init(endpoint, dbname)
+        self.ctx.pgbench_init(endpoint, dbname, self.init_steps())
         self.init_s = time.monotonic() - t0
         with psycopg.connect(up.conninfo(dbname), autocommit=True) as conn:
             row = conn.execute(
@@ -591,6 +594,33 @@ class PgcloakCloakedWorkersTarget(PgcloakCloakedTarget):
         return f"{self.ctx.dbname}_cloaked_w2"
 
 
+@register
+class PgcloakEncryptedTarget(PgcloakCloakedTarget):
+    """Cloaked, and `pgbench_accounts.abalance` encrypted deterministically.
+
+    Every `SELECT abalance FROM pgbench_accounts WHERE aid = N` then decrypts one value
+    (AES-SIV + the int4 codec) on its way back; `aid` lookups use the cloaked primary key.
+    The accounts are generated server-side (`-I dtGvp`): their abalance literal 0 is
+    encrypted once by pgcloak in the INSERT ... SELECT.
+    """
+
+    name = "pgcloak-encrypted"
+    description = "cloaking pgcloak with pgbench_accounts.abalance encrypted (deterministic)"
+
+    def __init__(self, ctx: BenchContext) -> None:
+        super().__init__(ctx)
+        self.logfile = ctx.workdir / "pgcloak-encrypted.log"
+        config = ctx.workdir / "pgcloak-encrypted.toml"
+        config.write_text('[encrypt]\n"pgbench_accounts.abalance" = "deterministic"\n')
+        self.extra_args = ("--config", str(config))
+
+    def dbname(self) -> str:
+        return f"{self.ctx.dbname}_encrypted"
+
+    def init_steps(self) -> str | None:
+        return "dtGvp"
+
+
 # --------------------------------------------------------------------------- setup
 
 
@@ -606,9 +636,11 @@ def create_database(upstream: Endpoint, admin_db: str, dbname: str) -> None:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
 
 
-def make_pgbench_init(pgbench: str, scale: int) -> Callable[[Endpoint, str], None]:
-    def init(endpoint: Endpoint, dbname: str) -> None:
+def make_pgbench_init(pgbench: str, scale: int) -> Callable[..., None]:
+    def init(endpoint: Endpoint, dbname: str, steps: str | None = None) -> None:
         cmd = [pgbench, "-i", "-q", "-s", str(scale), "-h", endpoint.host, "-p", str(endpoint.port)]
+        if steps is not None:
+            cmd += ["-I", steps]
         cmd += ["-U", endpoint.user, dbname]
         proc = subprocess.run(cmd, env=endpoint.env(), capture_output=True, text=True, check=False)
         if proc.returncode != 0:

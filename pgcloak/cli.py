@@ -1,5 +1,5 @@
 """The `pgcloak` command: `serve`, `demo`, `version`, and the registry tools
-(`init`, `keys new`, `map list|show`, `schema check|export`).
+(`init`, `keys new|rotate-columns|rewrap`, `map list|show`, `schema check|export`).
 
 Heavy modules (the proxy, the demo's embedded PostgreSQL) are imported inside the
 command functions so `--help` and `version` stay fast and never depend on them.
@@ -142,6 +142,41 @@ def _add_registry_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
         "--out", metavar="PATH", default=None, help="write to this new file instead of stdout"
     )
     new.set_defaults(func=_cmd_keys_new)
+    rotate = keys_sub.add_parser(
+        "rotate-columns",
+        help="add a new data key version for encrypted columns",
+        description="Give every encrypted column (or the key scope of --column) a new data "
+        "key version, wrapped by the configured KEK. Stored values stay readable (all versions "
+        "are kept); proxies encrypt new values with the newest version after their reload.",
+    )
+    connection_args(rotate, key=True)
+    rotate.add_argument(
+        "--column",
+        metavar="SCHEMA.TABLE.COLUMN",
+        default=None,
+        help="only this column's scope (all columns sharing its key); a bare table.column "
+        "means schema public",
+    )
+    _kek_args(rotate)
+    rotate.set_defaults(func=_cmd_keys_rotate)
+    rewrap = keys_sub.add_parser(
+        "rewrap",
+        help="move the registry to a new master key and re-wrap every data key",
+        description="With --from-master-key-file OLD: re-encrypt the registry under the new "
+        "master key (--master-key-file or the environment) and replace its key check. In every "
+        "case, re-wrap all column data keys with the configured KEK (local: the new master key; "
+        "vault: the transit key's newest version). One transaction. Stop the proxies first and "
+        "restart them with the new key.",
+    )
+    connection_args(rewrap, key=True)
+    rewrap.add_argument(
+        "--from-master-key-file",
+        metavar="PATH",
+        default=None,
+        help="file holding the current (old) master key; omit to keep the master key",
+    )
+    _kek_args(rewrap)
+    rewrap.set_defaults(func=_cmd_keys_rewrap)
 
     map_cmd = sub.add_parser("map", help="show semantic <-> physical names (needs the master key)")
     map_sub = map_cmd.add_subparsers(dest="map_command", metavar="COMMAND", required=True)
@@ -166,6 +201,26 @@ def _add_registry_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
     export = schema_sub.add_parser("export", help="print the schema as DDL with semantic names")
     connection_args(export, key=True)
     export.set_defaults(func=_cmd_schema_export)
+
+
+def _kek_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        default=None,
+        help="TOML file to take kek and vault_* settings from (env PGCLOAK_CONFIG)",
+    )
+    p.add_argument("--kek", default=None, help="local or vault (env PGCLOAK_KEK; default: local)")
+    p.add_argument(
+        "--vault-url", metavar="URL", default=None, help="env PGCLOAK_VAULT_URL or VAULT_ADDR"
+    )
+    p.add_argument(
+        "--vault-key",
+        metavar="NAME",
+        default=None,
+        help="transit key, NAME or MOUNT/NAME (env PGCLOAK_VAULT_KEY); the token comes from "
+        "PGCLOAK_VAULT_TOKEN or VAULT_TOKEN",
+    )
 
 
 class _ToolError(Exception):
@@ -276,6 +331,91 @@ def _cmd_keys_new(args: argparse.Namespace) -> int:
         f.write(key + "\n")
     print(f"wrote a new master key to {args.out} (mode 0600); keep a copy somewhere safe")
     return 0
+
+
+def _master_key(path: str | None) -> Any:
+    from pgcloak.crypto.keys import MasterKey, MasterKeyError
+
+    try:
+        return MasterKey.load(path)
+    except MasterKeyError as exc:
+        raise _ToolError(str(exc)) from None
+
+
+def _kek_config(args: argparse.Namespace) -> Config:
+    keys = ("config", "kek", "vault_url", "vault_key")
+    try:
+        return load_config({k: getattr(args, k) for k in keys})
+    except ConfigError as exc:
+        raise _ToolError("; ".join(exc.problems)) from None
+
+
+def _key_errors() -> tuple[type[Exception], ...]:
+    from pgcloak.crypto.names import DecryptionError
+    from pgcloak.crypto.values import ValueDecryptionError
+    from pgcloak.registry.db import KeyMismatch
+    from pgcloak.registry.rotation import RotationError
+    from pgcloak.registry.store import RegistryError
+
+    return (DecryptionError, ValueDecryptionError, KeyMismatch, RotationError, RegistryError)
+
+
+def _cmd_keys_rotate(args: argparse.Namespace) -> int:
+    from pgcloak.crypto.kek import key_wrapper
+    from pgcloak.registry.rotation import UnknownColumn, rotate_column_keys
+
+    def body(conn: Any) -> int:
+        master = _master_key(args.master_key_file)
+        try:
+            wrapper = key_wrapper(_kek_config(args), master)
+            done = rotate_column_keys(conn, master, wrapper, column=args.column)
+        except UnknownColumn:
+            raise _ToolError(f"no encrypted column {args.column!r} in the registry") from None
+        except _key_errors() as exc:
+            raise _ToolError(str(exc)) from None
+        for scope in done:
+            print(
+                f"scope {scope.scope}: new key version {scope.version} ({scope.columns} column(s))"
+            )
+        if not done:
+            print("no encrypted columns: nothing to rotate")
+        return 0
+
+    return _run_tool(args, body)
+
+
+def _cmd_keys_rewrap(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from pgcloak.crypto.kek import key_wrapper
+    from pgcloak.registry.rotation import rewrap
+
+    def body(conn: Any) -> int:
+        new = _master_key(args.master_key_file)
+        old = new if args.from_master_key_file is None else _master_key(args.from_master_key_file)
+        try:
+            config = _kek_config(args)
+            target = key_wrapper(config, new)
+            vault = target if config.kek == "vault" else None
+            if vault is None and config.vault_url and config.vault_key:
+                vault = key_wrapper(dataclasses.replace(config, kek="vault"), new)
+            result = rewrap(conn, old, new, target, vault=vault)
+        except _key_errors() as exc:
+            raise _ToolError(str(exc)) from None
+        if result.master_key_changed:
+            print(f"re-encrypted {result.names} registry object(s) under the new master key")
+        print(f"re-wrapped {result.data_keys} data key(s) with kek = {config.kek}")
+        if result.master_key_changed:
+            print("restart every pgcloak proxy with the new master key")
+            if result.other_sessions:
+                print(
+                    f"warning: {result.other_sessions} other session(s) were connected; a proxy "
+                    "still using the old key must not write to the registry",
+                    file=sys.stderr,
+                )
+        return 0
+
+    return _run_tool(args, body)
 
 
 def _cmd_map_list(args: argparse.Namespace) -> int:

@@ -44,6 +44,10 @@ class Config:
     cloak_tables: tuple[str, ...] = ("*.*",)  # schema.table patterns of tables to cloak
     master_key_file: str | None = None  # else $PGCLOAK_MASTER_KEY / $PGCLOAK_MASTER_KEY_FILE
     redis_url: str | None = field(default=None, repr=False)  # URL may carry a password
+    kek: str = "local"  # what wraps column data keys: local (master key) | vault (transit)
+    vault_url: str | None = None  # kek = vault: Vault's address (else $VAULT_ADDR)
+    vault_token: str | None = field(default=None, repr=False)  # else $VAULT_TOKEN
+    vault_key: str | None = None  # transit key name, or "mount/name" (default mount transit)
     config_file: str | None = None
     # [encrypt]: ("schema.table.column", "randomized"|"deterministic", key group or None)
     encrypt: tuple[tuple[str, str, str | None], ...] = ()

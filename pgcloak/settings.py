@@ -189,6 +189,29 @@ OPTIONS: tuple[Option, ...] = (
         "rediss:// or unix:///path; needs the pgcloak[redis] extra; 'off' disables it",
         "off",
     ),
+    Option(
+        "kek",
+        "KIND",
+        "what wraps the column data keys: local (the master key) or vault (HashiCorp Vault "
+        "transit; needs --vault-url, --vault-key, a token and the pgcloak[vault] extra)",
+        _D.kek,
+    ),
+    Option(
+        "vault_url", "URL", "Vault address for kek = vault (http[s]://host:port)", "$VAULT_ADDR"
+    ),
+    Option(
+        "vault_token",
+        "TOKEN",
+        "Vault token for kek = vault; prefer the environment (flags show in ps)",
+        "$VAULT_TOKEN",
+    ),
+    Option(
+        "vault_key",
+        "NAME",
+        "transit key wrapping the data keys, NAME or MOUNT/NAME (mount default transit); "
+        "create it with `vault write -f transit/keys/NAME derived=true`",
+        "none",
+    ),
 )
 
 _KEYS = frozenset(o.key for o in OPTIONS)
@@ -235,6 +258,8 @@ _Layer = dict[str, _Raw]
 
 def _problem(src: _Source, value: object, reason: str) -> str:
     shown = _redact_url(value) if isinstance(value, str) else value
+    if "token" in src.name.lower():
+        shown = "***"
     return f"invalid {src.name} {shown!r}{src.where}: {reason}"
 
 
@@ -519,6 +544,33 @@ def _redis_url(value: object) -> str | None:
     return text
 
 
+KEK_KINDS = ("local", "vault")
+_VAULT_KEY = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+
+
+def _vault_url(value: object) -> str | None:
+    text = _as_str(value).strip()
+    if not text:
+        return None
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 — raises ValueError for a bad port
+    except ValueError:
+        raise _Invalid("malformed URL; expected http[s]://host[:port]") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise _Invalid("expected http[s]://host[:port]")
+    if parts.username or parts.password:
+        raise _Invalid("credentials do not belong in the URL; use vault_token")
+    return text
+
+
+def _vault_key(value: object) -> str | None:
+    text = _as_str(value).strip()
+    if text and not _VAULT_KEY.match(text):
+        raise _Invalid("expected a transit key name, or MOUNT/NAME")
+    return text or None
+
+
 _PARSERS: dict[str, Callable[[object], object]] = {
     "listen": _host_port,
     "admin": _admin,
@@ -541,6 +593,10 @@ _PARSERS: dict[str, Callable[[object], object]] = {
     "cloak_tables": _patterns,
     "master_key_file": _optional_str,
     "redis": _redis_url,
+    "kek": lambda v: _choice(KEK_KINDS)(v) if _as_str(v).strip() else "local",
+    "vault_url": _vault_url,
+    "vault_token": _optional_str,
+    "vault_key": _vault_key,
 }
 _PATH_KEYS = (
     "tls_cert",
@@ -697,6 +753,9 @@ def load_config(
             src = merged[have][1]
             problems.append(f"{src.name}{src.where} is set but {_spelled(lack, src)} is not: {why}")
 
+    if values.get("kek") == "vault":
+        _vault_settings(values, merged["kek"][1], env, problems)
+
     encrypt: tuple[tuple[str, str, str | None], ...] = ()
     if "encrypt" in file_layer:
         raw_rules, src = file_layer["encrypt"]
@@ -704,6 +763,30 @@ def load_config(
     if problems:
         raise ConfigError(problems)
     return dataclasses.replace(_build(values, url, config_file), encrypt=encrypt)
+
+
+def _vault_settings(
+    values: dict[str, object], kek: _Source, env: Mapping[str, str], problems: list[str]
+) -> None:
+    """kek = vault: fill url and token from Vault's own variables; all three are needed."""
+    if not values.get("vault_url") and env.get("VAULT_ADDR", "").strip():
+        try:
+            values["vault_url"] = _vault_url(env["VAULT_ADDR"])
+        except _Invalid as exc:
+            problems.append(_problem(_Source("env", "VAULT_ADDR"), env["VAULT_ADDR"], str(exc)))
+            return
+    if not values.get("vault_token") and env.get("VAULT_TOKEN", "").strip():
+        values["vault_token"] = env["VAULT_TOKEN"].strip()
+    for key, fallback in (("vault_url", " or VAULT_ADDR"), ("vault_token", " or VAULT_TOKEN"),
+                          ("vault_key", "")):  # fmt: skip
+        if not values.get(key):
+            problems.append(
+                f"{kek.name}{kek.where} is vault but {_spelled(key, kek)}{fallback} is not set"
+            )
+    if importlib.util.find_spec("hvac") is None:
+        problems.append(
+            f"{kek.name} = vault needs the 'hvac' package: pip install 'pgcloak[vault]'"
+        )
 
 
 ENCRYPT_MODES = ("randomized", "deterministic")
@@ -783,5 +866,9 @@ def _build(values: dict[str, object], url: _Url | None, config_file: str | None)
         cloak_tables=cast(tuple[str, ...], values.get("cloak_tables", d.cloak_tables)),
         master_key_file=cast(str | None, values.get("master_key_file", d.master_key_file)),
         redis_url=cast(str | None, values.get("redis", d.redis_url)),
+        kek=cast(str, values.get("kek", d.kek)),
+        vault_url=cast(str | None, values.get("vault_url", d.vault_url)),
+        vault_token=cast(str | None, values.get("vault_token", d.vault_token)),
+        vault_key=cast(str | None, values.get("vault_key", d.vault_key)),
         config_file=config_file,
     )

@@ -47,6 +47,7 @@ __all__ = [
     "KeyWrapper",
     "LocalKeyWrapper",
     "ValueDecryptionError",
+    "dek_binding",
     "new_data_key",
 ]
 
@@ -57,7 +58,8 @@ MODES: Final = (RANDOMIZED, DETERMINISTIC)
 _MODE_BYTE: Final = {RANDOMIZED: b"R", DETERMINISTIC: b"D"}
 _HEADER = struct.Struct("!BcI")
 _DEK_BYTES: Final = 64
-_WRAP_FORMAT: Final = 1
+_WRAP_FORMAT: Final = 1  # first byte of a LocalKeyWrapper wrapping
+_WRAP_VAULT: Final = 2  # pgcloak.crypto.vault.VaultTransitWrapper
 _NONCE: Final = 12
 _VALUE_INFO = b"pgcloak/v1/value/"
 
@@ -91,7 +93,8 @@ class KeyWrapper(Protocol):
     def unwrap(self, wrapped: bytes, column_id: uuid.UUID, version: int) -> DataKey: ...
 
 
-def _wrap_ad(column_id: uuid.UUID, version: int) -> bytes:
+def dek_binding(column_id: uuid.UUID, version: int) -> bytes:
+    """What a wrapped DEK is bound to (AEAD associated data, or Vault's derivation context)."""
     return b"pgcloak/v1/dek|" + column_id.bytes + struct.pack("!I", version)
 
 
@@ -103,15 +106,21 @@ class LocalKeyWrapper:
 
     def wrap(self, key: DataKey, column_id: uuid.UUID) -> bytes:
         nonce = os.urandom(_NONCE)
-        ad = _wrap_ad(column_id, key.version)
+        ad = dek_binding(column_id, key.version)
         return bytes([_WRAP_FORMAT]) + nonce + self._aead.encrypt(nonce, key.secret, ad)
 
     def unwrap(self, wrapped: bytes, column_id: uuid.UUID, version: int) -> DataKey:
+        if wrapped[:1] == bytes([_WRAP_VAULT]):
+            raise ValueDecryptionError(
+                "a data key is wrapped by Vault transit but pgcloak is configured with kek = local"
+            )
         if len(wrapped) != 1 + _NONCE + _DEK_BYTES + 16 or wrapped[0] != _WRAP_FORMAT:
             raise ValueDecryptionError("malformed wrapped data key")
         nonce = wrapped[1 : 1 + _NONCE]
         try:
-            secret = self._aead.decrypt(nonce, wrapped[1 + _NONCE :], _wrap_ad(column_id, version))
+            secret = self._aead.decrypt(
+                nonce, wrapped[1 + _NONCE :], dek_binding(column_id, version)
+            )
         except InvalidTag:
             raise ValueDecryptionError("a data key failed to unwrap (wrong master key?)") from None
         return DataKey(version, secret)

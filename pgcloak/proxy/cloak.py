@@ -57,6 +57,7 @@ from pgcloak.registry.model import Write
 from pgcloak.registry.store import STATUS_SQL, NameConflict, Registry, RegistryError
 from pgcloak.rewriter import Catalog, CloakError, EncColumn, Plan, Rewriter
 from pgcloak.rewriter.overlay import OverlayCatalog
+from pgcloak.rewriter.template import Template, numbers_shape_bytes, shape_of
 
 if TYPE_CHECKING:
     from pgcloak.registry.redis_bus import RedisBus
@@ -140,7 +141,9 @@ class Unit:
         "refusal",
         "results",
         "simple",
+        "source",
         "tag",
+        "template",
         "values",
         "write",
     )
@@ -165,6 +168,8 @@ class Unit:
         self.enc: tuple[EncColumn | None, ...] | None = None  # encrypted output positions
         self.formats: list[int] | None = None  # result formats of the encrypted outputs
         self.params: dict[int, EncColumn] | None = None  # encrypted parameters ($n)
+        self.template: Template | None = None  # fast path: plan = template for `source`
+        self.source: bytes = b""
         self.tag: str | None = None  # CommandComplete tag to report instead
         self.hold = False  # keep the CommandComplete until the registry write completes
         self.write = False  # a registry write
@@ -206,6 +211,10 @@ class CloakContext:
         )
         self.cache = RegistryCache()
         self.dev = dev  # dev mode may log semantic names; prod never does
+        # Simple-Query fast path: numbers-only statement shape -> rewritten pieces (bytes).
+        self.fast: dict[tuple[object, ...], tuple[list[bytes], Template]] = {}
+        # RowDescription (server body, names, encrypted outputs) -> what the client gets.
+        self.rowdesc: dict[tuple[object, ...], tuple[bytes, list[int] | None]] = {}
         self.bus: RedisBus | None = None
 
     async def start_bus(self, url: str) -> None:
@@ -786,6 +795,67 @@ class CloakSession:
             out.append(frame(b"P", name + b"\0" + REFUSED_SQL.encode() + b"\0\0\0"))
 
     def _query(self, raw: bytes, out: list[bytes]) -> None:
+        shape = numbers_shape_bytes(raw)
+        if shape is not None and self._fast_query(raw, shape, out):
+            return
+        self._slow_query(raw, out)
+        if shape is not None:
+            self._remember_fast(raw, shape[0])
+
+    def _fast_key(self, key: bytes) -> tuple[object, ...]:
+        catalog = self.catalog()
+        return (key, id(catalog), catalog.version, self.search_path)
+
+    def _fast_query(
+        self, raw: bytes, shape: tuple[bytes, list[tuple[int, int]]], out: list[bytes]
+    ) -> bool:
+        """A statement seen before with other numbers: splice them into its rewritten bytes."""
+        entry = self.ctx.fast.get(self._fast_key(shape[0]))
+        if entry is None:
+            return False
+        pieces, template = entry
+        spans = shape[1]
+        if len(spans) + 1 != len(pieces):
+            return False
+        parts = [pieces[0]]
+        for k, (start, end) in enumerate(spans):
+            parts.append(raw[start:end])
+            parts.append(pieces[k + 1])
+        plan = template.plan
+        unit = Unit(U_STEP, plan=plan)
+        unit.template = template
+        unit.source = raw
+        unit.values = plan.maps_values
+        unit.enc = plan.output_columns
+        if plan.cloaked:
+            unit.output = plan.output_names
+            unit.explain = plan.statement == "ExplainStmt"
+        self._push(unit)
+        self._push(Unit(U_QEND))
+        parts.append(b"\0")
+        out.append(frame(b"Q", b"".join(parts)))
+        return True
+
+    def _remember_fast(self, raw: bytes, key: bytes) -> None:
+        """After a slow plan: keep the rewriter's template for this shape as bytes."""
+        template = self.ctx.rewriter.template_for(key.decode(), self.catalog(), self.search_path)
+        if template is None or template.slots:
+            return
+        plan = template.plan
+        if (
+            plan.changes
+            or plan.sql is None
+            or plan.value_slots
+            or _sql_prepared(plan)
+            or plan.statement in _SESSION_STATE
+            or _INTO.search(plan.source)
+        ):
+            return
+        if len(self.ctx.fast) >= 4096:
+            self.ctx.fast.clear()
+        self.ctx.fast[self._fast_key(key)] = ([p.encode() for p in template.pieces], template)
+
+    def _slow_query(self, raw: bytes, out: list[bytes]) -> None:
         try:
             sql = raw.decode("utf-8")
             plans = self._plan(sql)
@@ -1004,12 +1074,20 @@ class CloakSession:
             return b""
         if head.output is None and (head.plan is None or not head.plan.cloaked):
             return None
-        renamed = rename_fields(buf[start + 5 : end], head.output, self.unmasker().names)
-        if head.enc is None:
-            return renamed
-        typed, formats = describe_row(renamed[5:], head.enc)
-        if head.kind != U_DESCRIBE or head.formats is None:
-            head.formats = formats
+        body = buf[start + 5 : end]
+        # Cached per registry generation; a DDL transaction's private names are not shared.
+        key = (body, head.output, head.enc, self.database, self.entry.generation)
+        cached = self.ctx.rowdesc.get(key) if self.private is None else None
+        if cached is None:
+            renamed = rename_fields(body, head.output, self.unmasker().names)
+            cached = (renamed, None) if head.enc is None else describe_row(renamed[5:], head.enc)
+            if self.private is None:
+                if len(self.ctx.rowdesc) >= 4096:
+                    self.ctx.rowdesc.clear()
+                self.ctx.rowdesc[key] = cached
+        typed, formats = cached
+        if formats is not None and (head.kind != U_DESCRIBE or head.formats is None):
+            head.formats = list(formats)
         return typed
 
     def _s_data_row(self, buf: bytes, start: int, end: int) -> bytes | None:
@@ -1083,8 +1161,14 @@ class CloakSession:
         else:
             pos = fields.get("P")
             mapped: int | None = None
-            if pos is not None and pos.isdigit() and head.plan is not None:
-                mapped = head.plan.original_position(int(pos) - head.offset)
+            plan = head.plan
+            if head.template is not None:
+                sql = head.source.decode()
+                shape = shape_of(sql)
+                if shape is not None:
+                    plan = head.template.instantiate(sql, shape)
+            if pos is not None and pos.isdigit() and plan is not None:
+                mapped = plan.original_position(int(pos) - head.offset)
             mapped_fields = self.unmasker().fields(fields, mapped)
             detail = mapped_fields.get("D")
             if detail is not None and "\\x" in detail:

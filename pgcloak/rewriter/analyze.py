@@ -26,6 +26,7 @@ from pgcloak.rewriter.catalog import (
     find_relation,
     uncloaked_exists,
 )
+from pgcloak.rewriter.hints import missing_column_hint
 from pgcloak.rewriter.plan import CloakError
 from pgcloak.rewriter.scope import Col, Item, Node, Scope, node_kind
 from pgcloak.rewriter.tokens import EditSet, TokenStream, fold_identifier, quote_ident
@@ -40,6 +41,8 @@ _RELNAME_FUNCS = frozenset(
      "pg_relation_filepath", "pg_relation_filenode", "has_table_privilege",
      "has_column_privilege", "has_sequence_privilege", "has_any_column_privilege"}
 )  # fmt: skip
+# ... and those whose argument after the relation names one of its columns.
+_COLNAME_FUNCS = frozenset({"pg_get_serial_sequence", "has_column_privilege"})
 _QUALNAME_PART = re.compile(r'\s*(?:"((?:[^"]|"")*)"|([^".\s]+))\s*')
 
 
@@ -71,7 +74,6 @@ _CHILDREN = {
     "MinMaxExpr": ("args",),
     "RowExpr": ("args",),
     "GroupingFunc": ("args",),
-    "NullTest": ("arg",),
     "BooleanTest": ("arg",),
     "CollateClause": ("arg",),
     "CaseExpr": ("arg", "args", "defresult"),
@@ -142,7 +144,14 @@ class Analyzer(ABC):
         self.encrypt_rules: EncryptRules | None = None  # which new columns get encrypted
         self.encrypted = False  # a relation with encrypted columns is involved
         self.whole_rows: set[int] = set()  # ColumnRefs (id) of whole rows holding ciphertext
+        # ColumnRefs (id) where a whole row shows no field names (`SELECT t FROM t`,
+        # count(t), t IS NULL, t.* expanded in a target list); see whole_row().
+        self.bare_rows: set[int] = set()
+        self.output_select: Node | None = None  # the SELECT whose rows the client gets
         self.notice_names: list[tuple[str, str]] = []  # (dummy physical, client's name)
+        # A literal naming a cloaked relation was rewritten ('t'::regclass, nextval('s')):
+        # what the server prints of it (a regclass, pg_get_serial_sequence) is physical.
+        self.names_in_values = False
         self._aliases = 0
 
     # -- bookkeeping ----------------------------------------------------------------
@@ -183,12 +192,21 @@ class Analyzer(ABC):
         return find_relation(self.catalog, schema, name, self.search_path)
 
     def uncloaked(
-        self, schema: str | None, name: str, tok: int, missing_ok: bool = False, kind: str = "t"
+        self,
+        schema: str | None,
+        name: str,
+        tok: int,
+        missing_ok: bool = False,
+        *,
+        kind: str = "t",
+        positioned: bool = False,
     ) -> None:
         """Token `tok` names a relation that is not cloaked: keep it, unless it can't exist.
 
         When the catalog knows it does not exist, refuse like the server would
         (42P01), or with IF EXISTS send a dummy name so the client's word stays here.
+        Like PostgreSQL, the error points at the (qualified) name only where parse
+        analysis finds it (`positioned`: FROM items, DML targets), not in DDL.
         """
         if uncloaked_exists(self.catalog, schema, name, self.search_path) is False:
             self.touched = True  # the name is not ours to send, even if it names nothing
@@ -196,8 +214,15 @@ class Analyzer(ABC):
                 self.edits.set(tok, self.dummy(name, kind))
                 return
             qualified = f"{schema}.{name}" if schema else name
-            raise CloakError("42P01", f'relation "{qualified}" does not exist', self.ts.pos(tok))
+            pos = self.ts.pos(self.name_start(tok)) if positioned else None
+            raise CloakError("42P01", f'relation "{qualified}" does not exist', pos)
         self.kept.add(tok)
+
+    def name_start(self, tok: int) -> int:
+        """The first token of the dotted name whose last token is `tok`."""
+        while tok >= self.lo + 2 and self.ts.name(tok - 1) == _DOT:
+            tok -= 2
+        return tok
 
     def dummy(self, name: str, kind: str) -> str:
         """A fresh physical name standing for the client's `name` of a missing object.
@@ -254,15 +279,16 @@ class Analyzer(ABC):
 
     # -- strings naming relations ---------------------------------------------------
 
-    def check_relname_string(self, value: str, tok: int | None) -> None:
+    def check_relname_string(self, value: str, tok: int | None) -> str | None:
         """Rewrite a string literal naming a cloaked relation ('customers'::regclass).
 
         In a regclass position the text is a name, so it gets the physical name; a
         literal that cannot be located is refused rather than sent as written.
+        Returns the physical name it names, if cloaked.
         """
         parts = split_qualified(value)
         if parts is None:
-            return
+            return None
         schemas: Iterable[str] = self.search_path if len(parts) == 1 else parts[-2:-1]
         for schema in schemas:
             physical = self.catalog.relation_physical(schema, parts[-1])
@@ -278,7 +304,22 @@ class Analyzer(ABC):
             prefix = f"{quote_ident(parts[-2])}." if len(parts) > 1 else ""
             literal = (prefix + quote_ident(physical)).replace("'", "''")
             self.edits.replace[tok] = f"'{literal}'"
-            return
+            self.names_in_values = True
+            return physical
+        return None
+
+    def check_colname_string(self, table: str, value: str, tok: int | None) -> None:
+        """A literal naming a column of cloaked table `table` (taken literally, as
+        pg_get_serial_sequence and has_column_privilege do) gets its physical name."""
+        rel = self.catalog.relation_by_physical(table)
+        col = rel.column(value) if rel is not None else None
+        if col is None:
+            return  # no such column: the server says so (about the physical table)
+        if tok is None or self.ts.name(tok) != "SCONST":
+            raise CloakError(
+                "0A000", "pgcloak does not support naming cloaked columns in this kind of literal"
+            )
+        self.edits.replace[tok] = f"'{col.physical}'"
 
     def string_const(self, node: Node) -> tuple[str, int] | None:
         kind, body = node_kind(node)
@@ -319,6 +360,12 @@ class Analyzer(ABC):
     def _x_ColumnRef(self, body: Node, scope: Scope) -> None:
         self.colref(body, scope)
 
+    def _x_NullTest(self, body: Node, scope: Scope) -> None:
+        arg = body.get("arg")
+        if isinstance(arg, dict) and "ColumnRef" in arg:
+            self.bare_rows.add(id(arg["ColumnRef"]))  # t IS NULL: no field names shown
+        self.expr(arg, scope)
+
     def _x_NamedArgExpr(self, body: Node, scope: Scope) -> None:
         self.kept.add(self.ts.at(body.get("location", 0)))
         self.expr(body.get("arg"), scope)
@@ -341,11 +388,11 @@ class Analyzer(ABC):
         self.keep_type(body)
 
     def _x_A_Indirection(self, body: Node, scope: Scope) -> None:
+        if any("A_Star" in ind for ind in body.get("indirection", ())):
+            self.unsupported("(...).* expansion", body)
         self.expr(body.get("arg"), scope)
         for ind in body.get("indirection", ()):
-            if "A_Star" in ind:
-                self.unsupported("(...).* expansion", body)
-            elif "A_Indices" in ind:
+            if "A_Indices" in ind:
                 self.expr(ind, scope)
 
     def _x_SubLink(self, body: Node, scope: Scope) -> None:
@@ -358,13 +405,21 @@ class Analyzer(ABC):
         if tok is not None:
             self.kept.update(tok + 2 * k for k in range(len(names)))
         args = body.get("args", ())
+        if names[-1] == "count" and len(args) == 1 and "ColumnRef" in args[0]:
+            self.bare_rows.add(id(args[0]["ColumnRef"]))  # count(t): no field names shown
         if names[-1] in _RELNAME_FUNCS:
+            table = None  # the cloaked table the previous argument named
             for arg in args:
                 found = self.string_const(arg)
-                if found is not None:
-                    self.check_relname_string(
-                        found[0], self.ts.by_start.get(self.ts.char(found[1]))
-                    )
+                if found is None:
+                    table = None
+                    continue
+                lit = self.ts.by_start.get(self.ts.char(found[1]))
+                if table is not None and names[-1] in _COLNAME_FUNCS:
+                    self.check_colname_string(table, found[0], lit)
+                    table = None
+                else:
+                    table = self.check_relname_string(found[0], lit)
         self.expr(args, scope)
         self.expr(body.get("agg_order"), scope)
         self.expr(body.get("agg_filter"), scope)
@@ -433,19 +488,33 @@ class Analyzer(ABC):
         if item.cloaked and item.relation is not None:
             self.touch(item.relation)
         if star:
-            if any(c.enc is not None for c in item.cols or ()):
-                self.whole_rows.add(id(body))
+            self.whole_row(body, item, f"{qual}.*", qual_tok)
             return
         if item.cols is None and not item.cloaked:
             # Qualified by a relation pgcloak does not cloak: the name is that relation's
             # own column, already visible in the database, so it goes out as written.
             self.kept.add(toks[-1])
             return
-        self.column_in_item(item, names[-1], toks[-1], body, f"{qual}.{names[-1]}")
+        self.column_in_item(item, names[-1], toks[-1], body, f"{qual}.{names[-1]}",
+                            hint=(scope, qual), start=toks[0])  # fmt: skip
 
     def column_in_item(
-        self, item: Item, name: str, tok: int, body: Node | None, label: str
+        self,
+        item: Item,
+        name: str,
+        tok: int,
+        body: Node | None,
+        label: str,
+        *,
+        hint: tuple[Scope, str | None] | None = None,
+        start: int | None = None,
     ) -> Col | None:
+        """Resolve column `name` (token `tok`) of `item`; `label` names it in errors.
+
+        A reference in an expression (`hint`: its scope and qualifier) fails like
+        PostgreSQL's parse analysis: at the reference's `start`, with its HINT;
+        others (index columns) like its catalog lookups: without a position.
+        """
         if item.cols is None:
             self.unresolved.add(tok)
             return None
@@ -454,10 +523,16 @@ class Analyzer(ABC):
             if item.partial:
                 self.unresolved.add(tok)
                 return None
-            self.fail(CloakError("42703", f"column {label} does not exist"), tok)
+            err = CloakError("42703", f"column {label} does not exist")
+            if hint is not None:
+                err.hint = missing_column_hint(hint[0], hint[1], name)
+            self.fail(err, (tok if start is None else start) if hint is not None else None)
             return None
         if len(matches) > 1:
-            self.fail(CloakError("42702", f'column reference "{label}" is ambiguous'), tok)
+            self.fail(
+                CloakError("42702", f'column reference "{label}" is ambiguous'),
+                tok if start is None else start,
+            )
         col = matches[0]
         self.rename(tok, col.phys)
         if body is not None:
@@ -521,8 +596,7 @@ class Analyzer(ABC):
             unknown_seen = unknown_seen or unknown_here
         whole = self.find_item(scope, name, None)
         if whole is not None:  # whole-row reference to a FROM item
-            if any(c.enc is not None for c in whole.cols or ()):
-                self.whole_rows.add(id(body))
+            self.whole_row(body, whole, name, tok)
             if whole.qual is not None:
                 self.edits.set(tok, whole.qual)
                 self.colrefs[id(body)] = Col(name, whole.qual)
@@ -532,7 +606,34 @@ class Analyzer(ABC):
         if unknown_seen:
             self.unresolved.add(tok)
             return
-        self.fail(CloakError("42703", f'column "{name}" does not exist'), tok)
+        err = CloakError("42703", f'column "{name}" does not exist')
+        err.hint = missing_column_hint(scope, None, name)
+        self.fail(err, tok)
+
+    def whole_row(self, body: Node, item: Item, label: str, tok: int) -> None:
+        """A whole-row reference (`t`, `t.*`) to a FROM item.
+
+        Rows of relations with encrypted columns hold ciphertext: the encryption pass
+        refuses them (`whole_rows`). Otherwise a row whose fields the server knows by
+        other names than the client (cloaked columns, opaque aliases) is refused
+        wherever those names could show (to_json(t), row_to_json, hstore...): only
+        the spots in `bare_rows` print no field names.
+        """
+        if any(c.enc is not None for c in item.cols or ()):
+            self.whole_rows.add(id(body))
+            return
+        if id(body) in self.bare_rows:
+            return
+        if item.cloaked or any(c.phys != c.name for c in item.cols or ()):
+            self.fail(
+                CloakError(
+                    "0A000",
+                    f'pgcloak does not support the whole-row reference "{label}" in an '
+                    "expression: its fields have cloaked or rewritten names; list the columns "
+                    "instead",
+                ),
+                tok,
+            )
 
     def find_item(self, scope: Scope, refname: str, schema: str | None) -> Item | None:
         for level in scope.levels():

@@ -111,10 +111,13 @@ class TableBuilder:
         for con in coldef.get("constraints", ()):
             self.constraint(con["Constraint"], col, None)
 
-    def _column(self, name: str, tok: int, what: str) -> Column:
+    def _column(self, name: str, tok: int, what: str, at: int | None = None) -> Column:
+        """The table's column `name` (token `tok`); the error points at token `at` if any
+        (PostgreSQL: a CREATE TABLE key constraint; nothing for ALTER TABLE or FKs)."""
         col = self.rel.column(name)
         if col is None:
-            raise CloakError("42703", f'column "{name}" {what} does not exist', self.a.ts.pos(tok))
+            pos = self.a.ts.pos(at) if at is not None else None
+            raise CloakError("42703", f'column "{name}" {what} does not exist', pos)
         self.a.edits.set(tok, col.physical)
         return col
 
@@ -180,7 +183,8 @@ class TableBuilder:
         keys = [_sval(k) for k in con.get("keys", ())]
         open_tok = self._open_after(kw)
         toks = self.a.ident_list(open_tok, keys)
-        p.keys = [self._column(k, t, "named in key") for k, t in zip(keys, toks, strict=True)]
+        at = None if self.existing else ts.at(con.get("location", 0))
+        p.keys = [self._column(k, t, "named in key", at) for k, t in zip(keys, toks, strict=True)]
         include = [_sval(k) for k in con.get("including", ())]
         if include:
             inc = ts.match[open_tok] + 1
@@ -188,7 +192,7 @@ class TableBuilder:
                 raise _locate_error()
             itoks = self.a.ident_list(inc + 1, include)
             p.include = [
-                self._column(k, t, "named in key") for k, t in zip(include, itoks, strict=True)
+                self._column(k, t, "named in key", at) for k, t in zip(include, itoks, strict=True)
             ]
 
     def _foreign_key(
@@ -227,7 +231,7 @@ class TableBuilder:
                 for k, t in zip(pk, ptoks, strict=True):
                     col = ref.column(k)
                     if col is None:
-                        raise CloakError("42703", f'column "{k}" {what} does not exist', ts.pos(t))
+                        raise CloakError("42703", f'column "{k}" {what} does not exist')
                     a.edits.set(t, col.physical)
                     refcols.append(col.physical)
                 p.ref_cols = tuple(refcols)
@@ -423,7 +427,7 @@ def create_table(a: Analyzer, body: Node) -> None:
     if existing is None and a.catalog.has_uncloaked(schema, name):
         existing = name  # an uncloaked relation: the server will skip (IF NOT EXISTS)
     if existing is not None and not body.get("if_not_exists"):
-        raise CloakError("42P07", f'relation "{name}" already exists', a.ts.pos(toks[-1]))
+        raise CloakError("42P07", f'relation "{name}" already exists')
     physical = existing or new_physical_name("t")
     a.rename(toks[-1], physical)
     a.sensitive.add(name)

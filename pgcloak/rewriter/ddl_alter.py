@@ -131,9 +131,7 @@ def _alter_cmd(a: Analyzer, rel: Relation, cmd: Node, start: int, end: int) -> R
         a.sensitive.add(name)
         old = rel.column(name)
         if old is not None and not cmd.get("missing_ok"):
-            raise CloakError(
-                "42701", f'column "{name}" of relation "{rel.name}" already exists', a.ts.pos(tok)
-            )
+            raise CloakError("42701", f'column "{name}" of relation "{rel.name}" already exists')
         col = (
             old
             if old is not None
@@ -164,7 +162,7 @@ def _alter_cmd(a: Analyzer, rel: Relation, cmd: Node, start: int, end: int) -> R
         if found is None:
             if not cmd.get("missing_ok"):
                 msg = f'constraint "{name}" of relation "{rel.name}" does not exist'
-                raise CloakError("42704", msg, a.ts.pos(tok))
+                raise CloakError("42704", msg)
             a.edits.set(tok, a.dummy(name, "k"))  # the server just skips it
             return rel
         a.edits.set(tok, found.physical)
@@ -193,7 +191,7 @@ def _alter_cmd(a: Analyzer, rel: Relation, cmd: Node, start: int, end: int) -> R
             a.edits.set(tok, a.dummy(name, "c"))  # the server just skips it
             return rel
         msg = f'column "{name}" of relation "{rel.name}" does not exist'
-        raise CloakError("42703", msg, a.ts.pos(tok))
+        raise CloakError("42703", msg)
     a.edits.set(tok, target.physical)
     ddl_encrypt.check_alter_column(a, rel, target, sub, cmd)
     scope = Scope(
@@ -386,7 +384,7 @@ def _index_name(
             existing = idxname
         if existing is not None:
             if not body.get("if_not_exists"):
-                raise CloakError("42P07", f'relation "{idxname}" already exists', ts.pos(tok))
+                raise CloakError("42P07", f'relation "{idxname}" already exists')
             a.rename(tok, existing)
             return
         sem, implicit = idxname, False
@@ -420,7 +418,7 @@ def vacuum(a: Analyzer, body: Node) -> None:
             col = rel.column(name) if rel is not None else None
             if rel is not None and col is None:
                 raise CloakError(
-                    "42703", f'column "{name}" of relation "{rel.name}" does not exist', a.ts.pos(t)
+                    "42703", f'column "{name}" of relation "{rel.name}" does not exist'
                 )
             if col is not None:
                 a.rename(t, col.physical)

@@ -96,17 +96,9 @@ def rename(a: Analyzer, body: Node) -> None:
     schema, name, toks = relation_tokens(a, rv)
     new = body["newname"]
     found = lookup(a, schema, name)
-    if found is None:
-        missing_ok = bool(body.get("missing_ok"))
-        a.uncloaked(schema, name, toks[-1], missing_ok, kind="i")
-        if not a.touched:  # an existing relation pgcloak does not cloak
-            check_unmentioned(a, body, "ALTER INDEX of an uncloaked index")
-            return
-        ts = a.ts  # missing, IF EXISTS: the server skips it; the new name stays here too
-        last = a.hi - 1
-        while last > a.lo and ts.name(last) == _SEMI:
-            last -= 1
-        a.edits.set(ts.expect(last, new), a.dummy(new, "i"))
+    if found is None:  # not cloaked (the catalog does not know temporary indexes): as written
+        a.kept.add(toks[-1])
+        check_unmentioned(a, body, "ALTER INDEX of an uncloaked index")
         return
     a.touched = True
     a.sensitive.update((name, new))
@@ -158,6 +150,7 @@ class _Target:
     name: str
     found: Found | None
     missing: bool  # the catalog knows no relation of that name exists
+    tok: int
 
 
 def drop(a: Analyzer, body: Node) -> None:
@@ -168,7 +161,6 @@ def drop(a: Analyzer, body: Node) -> None:
         tok += 1
     if ts.name(tok) == "IF_P":
         tok += 2
-    missing_ok = bool(body.get("missing_ok"))
     targets: list[_Target] = []
     for k, obj in enumerate(body.get("objects", ())):
         parts = [_sval(p) for p in obj["List"]["items"]]
@@ -181,23 +173,24 @@ def drop(a: Analyzer, body: Node) -> None:
         tok = toks[-1] + 1
         schema, name = (parts[-2] if len(parts) > 1 else None), parts[-1]
         found = lookup(a, schema, name)
+        missing = False
         if found is None:
             missing = uncloaked_exists(a.catalog, schema, name, a.search_path) is False
-            if missing and not missing_ok:
-                a.touched = True
-            else:
-                a.uncloaked(schema, name, toks[-1], missing_ok, kind="i")
-            targets.append(_Target(name, None, missing))
-            continue
-        a.touched = True
-        a.sensitive.add(name)
-        if found.relation is not None:
-            a.touch(found.relation)
-        a.edits.set(toks[-1], found.physical)
-        targets.append(_Target(name, found, False))
+            a.kept.add(toks[-1])
+        else:
+            a.touched = True
+            a.sensitive.add(name)
+            if found.relation is not None:
+                a.touch(found.relation)
+            a.edits.set(toks[-1], found.physical)
+        targets.append(_Target(name, found, missing, toks[-1]))
     if not a.touched:
-        return  # nothing cloaked: the server's business
+        return  # nothing cloaked (temporary indexes included): the server's business
     _check_drop(a, body, targets)
+    for t in targets:
+        if t.missing:  # IF EXISTS (else _check_drop raised): the client's word stays here
+            a.kept.discard(t.tok)
+            a.edits.set(t.tok, a.dummy(t.name, "i"))
     cascade = body.get("behavior") == "DROP_CASCADE"
     dropping = [t.found for t in targets if t.found is not None]
     indexes = [i for f in dropping if (i := _index(a, f)) is not None]

@@ -286,9 +286,7 @@ def _column_privileges(
                 rel = None if found is None else found.relation
                 column = None if rel is None else rel.column(col)
                 if column is None:
-                    raise CloakError(
-                        "42703", f'column "{col}" of relation "{name}" does not exist', ts.pos(tok)
-                    )
+                    raise CloakError("42703", f'column "{col}" of relation "{name}" does not exist')
                 physicals.add(column.physical)
             if len(physicals) > 1:
                 raise CloakError(

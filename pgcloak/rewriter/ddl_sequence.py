@@ -111,7 +111,7 @@ def _owned_by(a: Analyzer, options: list[Node] | None, schema: str) -> Owner | b
         if rel is None:
             a.touched = True
             if uncloaked_exists(a.catalog, table_schema, table, a.search_path) is False:
-                raise CloakError("42P01", f'relation "{table}" does not exist', ts.pos(toks[-2]))
+                raise CloakError("42P01", f'relation "{table}" does not exist')
             raise CloakError(
                 "0A000",
                 "pgcloak does not support a cloaked sequence OWNED BY a relation it does not cloak",
@@ -125,9 +125,7 @@ def _owned_by(a: Analyzer, options: list[Node] | None, schema: str) -> Owner | b
             raise CloakError("55000", "sequence must be in same schema as table it is linked to")
         col = rel.column(column)
         if col is None:
-            raise CloakError(
-                "42703", f'column "{column}" of relation "{table}" does not exist', ts.pos(toks[-1])
-            )
+            raise CloakError("42703", f'column "{column}" of relation "{table}" does not exist')
         a.edits.set(toks[-1], col.physical)
         result = (rel.physical, col.physical)
     return result
@@ -260,7 +258,7 @@ def drop(a: Analyzer, body: Node) -> None:
         if found is None:
             if not missing_ok and uncloaked_exists(a.catalog, schema, name, a.search_path) is False:
                 a.touched = True
-                raise CloakError("42P01", f'sequence "{name}" does not exist', ts.pos(toks[-1]))
+                raise CloakError("42P01", f'sequence "{name}" does not exist')
             a.uncloaked(schema, name, toks[-1], missing_ok, kind="s")
             uncloaked.append(name)
             continue

@@ -372,7 +372,7 @@ def drop_view(a: Analyzer, body: Node) -> None:
         if found is None:
             if not missing_ok and uncloaked_exists(a.catalog, schema, name, a.search_path) is False:
                 a.touched = True
-                raise CloakError("42P01", f'{label} "{name}" does not exist', ts.pos(toks[-1]))
+                raise CloakError("42P01", f'{label} "{name}" does not exist')
             a.uncloaked(schema, name, toks[-1], missing_ok)
             uncloaked.append(name)
             continue

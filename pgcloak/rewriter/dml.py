@@ -194,7 +194,7 @@ def join(a: Analyzer, body: Node, scope: Scope, prior: list[Item]) -> tuple[list
                         "42703" if not found else "42702",
                         f'column "{name}" specified in USING clause {what} {side} table',
                     ),
-                    tok,
+                    None,  # PostgreSQL gives no position here
                 )
         if not left or not right:
             continue
@@ -236,7 +236,7 @@ def _target(a: Analyzer, rv: Node, scope: Scope) -> Item:
         cols = relation_cols(rel)
         item = Item(name, rel.physical, cols, rel.schema, cloaked=True, relation=rel)
     else:
-        a.uncloaked(schema, name, toks[-1])
+        a.uncloaked(schema, name, toks[-1], positioned=True)
         item = Item(name, None, None, schema)
     after = toks[-1] + 1
     if a.ts.name(after) == "ASCII_42":
@@ -323,7 +323,8 @@ def _on_conflict(a: Analyzer, occ: Node, target: Item, scope: Scope) -> None:
             for elem, seg in zip(elems, segments, strict=True):
                 if elem.get("name") is not None:
                     tok = ts.expect(seg, elem["name"])
-                    a.column_in_item(target, elem["name"], tok, None, f'"{elem["name"]}"')
+                    a.column_in_item(target, elem["name"], tok, None, f'"{elem["name"]}"',
+                                     hint=(Scope(None, [target]), None))  # fmt: skip
                 else:
                     a.expr(elem.get("expr"), scope)
         a.expr(infer.get("whereClause"), scope)
@@ -342,9 +343,7 @@ def _constraint_ref(a: Analyzer, target: Item, name: str, tok: int) -> None:
         return
     found = next((c for c in a.catalog.constraints(rel.physical) if c.name == name), None)
     if found is None:
-        a.fail(
-            CloakError("42704", f'constraint "{name}" for table "{rel.name}" does not exist'), tok
-        )
+        a.fail(CloakError("42704", f'constraint "{name}" for table "{rel.name}" does not exist'))
         return
     a.sensitive.add(name)
     a.edits.set(tok, found.physical)

@@ -23,15 +23,19 @@ class CloakError(Exception):
     """A statement pgcloak refuses; `sqlstate` and `message` go to the client as-is.
 
     Messages follow PostgreSQL's wording and only ever contain names the client
-    itself wrote. `position` is 1-based in characters of the client's query text.
+    itself wrote. `position` is 1-based in characters of the client's query text;
+    `hint` is PostgreSQL's HINT for the same error, if it gives one.
     """
 
-    def __init__(self, sqlstate: str, message: str, position: int | None = None) -> None:
+    def __init__(
+        self, sqlstate: str, message: str, position: int | None = None, hint: str | None = None
+    ) -> None:
         # str()/repr() show only the SQLSTATE: the message may quote client names.
         super().__init__(sqlstate)
         self.sqlstate = sqlstate
         self.message = message
         self.position = position
+        self.hint = hint
 
     def at(self, position: int | None) -> CloakError:
         """This error with `position` filled in when it has none yet."""
@@ -91,8 +95,9 @@ class Plan:
       RowDescription; None means "leave names as the server sends them".
     * `changes`: catalog changes implied by a DDL, to apply after it succeeds.
     * `cloaked`: the statement touched cloaked objects (and was rewritten).
-    * `maps_values`: the statement reads pg_catalog/information_schema; values in
-      its rows that are physical names are to be shown as semantic names.
+    * `maps_values`: the statement reads pg_catalog/information_schema, or has a
+      literal naming a cloaked relation (``'t'::regclass``, ``nextval('s')``); values
+      in its rows that are physical names are to be shown as semantic names.
     * `prepare` / `execute` / `deallocate`: the SQL-level prepared statement that
       PREPARE defines (`output_names` are then its query's output names, to
       remember per session), EXECUTE runs (`output_names` None: use the names
@@ -123,7 +128,7 @@ class Plan:
     prepare: str | None = field(default=None, repr=False)
     execute: str | None = field(default=None, repr=False)
     deallocate: str | None = field(default=None, repr=False)
-    maps_values: bool = False  # reads the system catalogs: map physical names in its rows
+    maps_values: bool = False  # map physical names in its rows (catalog reads, regclass)
     notice_names: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     value_slots: tuple[tuple[int, int, EncColumn], ...] = ()
     param_slots: tuple[tuple[int, EncColumn], ...] = ()

@@ -116,6 +116,11 @@ class QueryAnalyzer(Analyzer):
                 raise CloakError("0A000", "pgcloak could not locate a name in the statement")
             self.ts.expect(tok, wd["name"])
             scope.windows[wd["name"]] = self.new_alias(wd["name"], tok)
+        if sel is self.output_select:  # SELECT t FROM t: the client sees '(1,x)', no names
+            for rt in sel.get("targetList", ()):
+                kind, body = node_kind(rt["ResTarget"]["val"])
+                if kind == "ColumnRef":
+                    self.bare_rows.add(id(body))
         targets, complete = self.targets(sel.get("targetList", ()), scope)
         self.expr(sel.get("whereClause"), scope)
         for g in sel.get("groupClause", ()):
@@ -172,6 +177,7 @@ class QueryAnalyzer(Analyzer):
             val = res["val"]
             kind, body = node_kind(val)
             if kind == "ColumnRef" and "A_Star" in body["fields"][-1]:
+                self.bare_rows.add(id(body))  # expanded into columns: no row value
                 self.colref(body, scope)
                 cols = self.star_cols(body, scope)
                 if cols is None:
@@ -290,7 +296,7 @@ class QueryAnalyzer(Analyzer):
         elif (seq := self.sequence(schema, name, toks[-1])) is not None:
             item = seq
         else:
-            self.uncloaked(schema, name, toks[-1])
+            self.uncloaked(schema, name, toks[-1], positioned=True)
             item = Item(name, None, None, schema)
         after = toks[-1] + 1
         if self.ts.name(after) == _STAR:

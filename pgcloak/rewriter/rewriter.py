@@ -19,7 +19,16 @@ from typing import Any
 
 from pglast import parser
 
-from pgcloak.rewriter import copy_merge, ddl, ddl_alter, ddl_create, ddl_view, encrypted, prepare
+from pgcloak.rewriter import (
+    copy_merge,
+    ddl,
+    ddl_alter,
+    ddl_create,
+    ddl_index,
+    ddl_view,
+    encrypted,
+    prepare,
+)
 from pgcloak.rewriter.catalog import DEFAULT_SEARCH_PATH, Catalog, CloakFilter, EncryptRules
 from pgcloak.rewriter.overlay import OverlayCatalog
 from pgcloak.rewriter.plan import CloakError, Plan
@@ -134,6 +143,7 @@ def _plan_statement(
     if create is not None:
         create(a, body)  # CREATE TABLE AS, SELECT INTO, sequences (ddl_create.py, ddl_sequence.py)
     elif kind in _QUERIES:
+        a.output_select = body if kind == "SelectStmt" else None
         out = a.statement(stmt, None)
         returns_rows = kind == "SelectStmt" or bool(
             (body.get("returningClause") or {}).get("exprs") or body.get("returningList")
@@ -142,6 +152,8 @@ def _plan_statement(
         a.statement(body["query"], None)
     elif (handler := ddl_view.handler(kind, body)) is not None:
         handler(a, body)  # views, COMMENT, GRANT, DROP ... CASCADE (ddl_view.py, ddl_misc.py)
+    elif (handler := ddl_index.handler(kind, body)) is not None:
+        handler(a, body)  # ALTER INDEX ... RENAME, DROP INDEX
     elif kind == "CreateStmt":
         ddl.create_table(a, body)
     elif kind == "AlterTableStmt":
@@ -195,7 +207,7 @@ def _plan_statement(
         return Plan(kind, source, (start, end), None, pmap, None, tuple(a.changes),
                     a.registry_only, cloaked=True, notice_names=notices)  # fmt: skip
     plan = Plan(kind, source, (start, end), text, pmap, output, tuple(a.changes), cloaked=True,
-                notice_names=notices)  # fmt: skip
+                maps_values=a.names_in_values, notice_names=notices)  # fmt: skip
     return plan if found is None else encrypted.finish(plan, found)
 
 
@@ -338,6 +350,12 @@ class Rewriter:
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return plans
+
+    def template_for(
+        self, shape_key: str, catalog: Catalog, search_path: Sequence[str]
+    ) -> Template | None:
+        """The literal template already built for a statement shape (after `plan`), if any."""
+        return self._templates.get((shape_key, id(catalog), catalog.version, tuple(search_path)))
 
     def clear(self) -> None:
         self._cache.clear()

@@ -23,7 +23,7 @@ from pglast import parser
 from pgcloak.rewriter.catalog import EncColumn
 from pgcloak.rewriter.plan import Plan, PositionMap
 
-__all__ = ["LiteralShift", "Shape", "Template", "shape_of"]
+__all__ = ["LiteralShift", "Shape", "Template", "numbers_shape_bytes", "shape_of"]
 
 _LITERALS = frozenset({"SCONST", "ICONST", "FCONST", "BCONST", "XCONST", "USCONST"})
 # Words after which a literal may name an object (or whose literals are rewritten).
@@ -58,6 +58,33 @@ _NUMBER = re.compile(r"(?<![A-Za-z0-9_$.])(?:\d+(?:\.\d*)?|\.\d+)(?![A-Za-z0-9_$
 _DENY_RE = re.compile(
     r"(?<![A-Za-z0-9_$])(?:" + "|".join(sorted(_DENY)) + r")(?![A-Za-z0-9_$])", re.IGNORECASE
 )
+
+
+_NUMBER_B = re.compile(_NUMBER.pattern.encode())
+_DENY_B = re.compile(_DENY_RE.pattern.encode(), re.IGNORECASE)
+_SLOW_B = (b"$", b"\\", b"/*", b"--", b"&", b"'", b'"')
+_NUM_MARK_B = b"\x00NUM\x00"
+
+
+def numbers_shape_bytes(raw: bytes) -> tuple[bytes, list[tuple[int, int]]] | None:
+    """The numbers-only shape of a query's raw bytes (the proxy's fast path).
+
+    The key equals `shape_of(raw.decode()).key` encoded, for the texts it accepts
+    (ASCII, no quotes, comments, dollar signs or backslashes); None otherwise.
+    """
+    if not raw.isascii() or any(m in raw for m in _SLOW_B) or _DENY_B.search(raw):
+        return None
+    spans = [m.span() for m in _NUMBER_B.finditer(raw)]
+    if not spans:
+        return None
+    parts: list[bytes] = []
+    prev = 0
+    for s, e in spans:
+        parts.append(raw[prev:s])
+        parts.append(_NUM_MARK_B)
+        prev = e
+    parts.append(raw[prev:])
+    return b"".join(parts), spans
 
 
 def _numbers_shape(sql: str) -> Shape | None:
