@@ -105,8 +105,10 @@ class VaultTransitWrapper:
         mount: str = "transit",
         namespace: str | None = None,
         timeout: float = 5,
-        verify: bool | str = True,
+        verify: bool | str | None = None,
     ) -> None:
+        # verify None: hvac's defaults ($VAULT_CACERT / $VAULT_CAPATH, else the system CAs);
+        # hvac also picks up $VAULT_CLIENT_CERT / $VAULT_CLIENT_KEY for mutual TLS.
         hvac = _import_hvac()
         self._requests_error: type[Exception] = importlib.import_module("requests").RequestException
         self._vault_error: type[Exception] = hvac.exceptions.VaultError

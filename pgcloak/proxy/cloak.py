@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Final
 
 from pgcloak.crypto.codecs import DEFAULT_FORMAT, SessionFormat
 from pgcloak.crypto.keys import MasterKey
-from pgcloak.crypto.values import ValueDecryptionError
+from pgcloak.crypto.values import KeyWrapper, LocalKeyWrapper, ValueDecryptionError
 from pgcloak.proxy.cloak_cache import DatabaseEntry, RegistryCache
 from pgcloak.proxy.cloak_catalog import TempCatalog, as_catalog, created_relation
 from pgcloak.proxy.cloak_results import (
@@ -200,12 +200,15 @@ class CloakContext:
     def __init__(
         self,
         master: MasterKey,
+        *,
         cache_size: int = 4096,
         tables: Sequence[str] = ("*.*",),
         dev: bool = False,
         encrypt: Sequence[tuple[str, str, str | None]] = (),
+        wrapper: KeyWrapper | None = None,
     ) -> None:
         self.master = master
+        self.wrapper: KeyWrapper = wrapper or LocalKeyWrapper(master)  # wraps column data keys
         self.rewriter = Rewriter(
             cache_size, cloak_filter=table_filter(tables), encrypt_rules=encrypt_rules(encrypt)
         )
@@ -492,7 +495,7 @@ class CloakSession:
             return self._release(None)  # e.g. an aborted transaction: retry later
         try:
             loaded = parse_load(res[:_N_LOAD], self.ctx.master)
-            keys = Keyring.load(self.ctx.master, loaded.registry, res[_N_LOAD + 1])
+            keys = Keyring.load(self.ctx.wrapper, loaded.registry, res[_N_LOAD + 1])
         except (RegistryUnavailable, ValueDecryptionError) as exc:
             self.on_fatal(exc.sqlstate, str(getattr(exc, "message", "")) or _BAD_KEYS)
             return None
@@ -549,7 +552,7 @@ class CloakSession:
                 part = res[n_listen : n_listen + len(LOAD)]
                 try:
                     loaded = parse_load(part[:_N_LOAD], self.ctx.master)
-                    keys = Keyring.load(self.ctx.master, loaded.registry, part[_N_LOAD + 1])
+                    keys = Keyring.load(self.ctx.wrapper, loaded.registry, part[_N_LOAD + 1])
                 except (RegistryUnavailable, ValueDecryptionError) as exc:
                     self.on_fatal(exc.sqlstate, str(getattr(exc, "message", "")) or _BAD_KEYS)
                     return None

@@ -54,15 +54,14 @@ class CopyValueError(ValueError_):
 
 
 def _stray(csv: bool, char: int) -> CopyValueError:
-    if char == CR:
-        what, hint = "carriage return", ('"\\r"', "carriage return")
-    else:
-        what, hint = "newline", ('"\\n"', "newline")
+    """A CR or LF that does not match the first line's newline style."""
+    what, shown = ("carriage return", '"\\r"') if char == CR else ("newline", '"\\n"')
     if csv:
-        return CopyValueError(
-            BAD_COPY, f"unquoted {what} found in data", hint=f"Use quoted CSV field to represent {what}."
-        )
-    return CopyValueError(BAD_COPY, f"literal {what} found in data", hint=f"Use {hint[0]} to represent {hint[1]}.")
+        hint = f"Use quoted CSV field to represent {what}."
+        return CopyValueError(BAD_COPY, f"unquoted {what} found in data", hint=hint)
+    return CopyValueError(
+        BAD_COPY, f"literal {what} found in data", hint=f"Use {shown} to represent {what}."
+    )
 
 
 _MARKER_STYLE = "end-of-copy marker does not match previous newline style"
@@ -83,8 +82,15 @@ class LineScanner:
         self.escape = -1 if escape == quote else escape  # same as quote: no escape handling
         self.marker = marker
         self.eol = EOL_UNKNOWN
-        specials = {CR, LF} | ({quote} | ({escape} if self.escape >= 0 else set()) if csv else {BACKSLASH})
-        self._special = re.compile(b"[" + b"".join(re.escape(bytes([c])) for c in sorted(specials)) + b"]")
+        specials = {CR, LF}
+        if csv:
+            specials.add(quote)
+            if self.escape >= 0:
+                specials.add(self.escape)
+        else:
+            specials.add(BACKSLASH)
+        chars = b"".join(re.escape(bytes([c])) for c in sorted(specials))
+        self._special = re.compile(b"[" + chars + b"]")
         self._resume: tuple[int, bool, bool, bool] | None = None
 
     def scan(self, buf: bytes | bytearray, start: int, final: bool) -> tuple[int, int, bool] | None:
@@ -108,7 +114,11 @@ class LineScanner:
                     return None
                 return n, n, False
             c = buf[i]
-            if not (c in (CR, LF) or (c == BACKSLASH and (first or not csv)) or (csv and (c == quote or c == escape))):
+            if csv:
+                special = c in (CR, LF, quote, escape) or (first and c == BACKSLASH)
+            else:
+                special = c in (CR, LF, BACKSLASH)
+            if not special:
                 m = self._special.search(buf, i + 1)
                 i = m.start() if m is not None else n
                 first = esc = False
@@ -164,7 +174,8 @@ class LineScanner:
             i += 1
 
     def _marker(self, buf: bytes | bytearray, i: int, final: bool) -> int | None:
-        """After `\\.` at `i`: end of the marker (> 0), -(resume position) for CSV data, None: need more."""
+        """After `\\.` at `i`: the marker's end (> 0), -(where to go on) when CSV reads it as
+        data, None when more data is needed."""
         n = len(buf)
         j = i + 2
         if self.eol == EOL_CRNL:
@@ -207,8 +218,10 @@ def text_fields(line: bytes, delim: int) -> list[tuple[int, int, int]]:
     n = len(line)
     i = start = 0
     find = line.find
+    d = find(delim)
     while True:
-        d = find(delim, i)
+        if 0 <= d < i:
+            d = find(delim, i)
         b = find(BACKSLASH, i, d if d >= 0 else n)
         if b >= 0:
             if b + 1 >= n:
@@ -224,7 +237,14 @@ def text_fields(line: bytes, delim: int) -> list[tuple[int, int, int]]:
 
 
 _UNESCAPE = re.compile(rb"\\(?:([0-7]{1,3})|x([0-9a-fA-F]{1,2})|(.))", re.S)
-_LETTERS = {ord("b"): b"\b", ord("f"): b"\f", ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t", ord("v"): b"\v"}
+_LETTERS = {
+    ord("b"): b"\b",
+    ord("f"): b"\f",
+    ord("n"): b"\n",
+    ord("r"): b"\r",
+    ord("t"): b"\t",
+    ord("v"): b"\v",
+}
 
 
 def _unescape_one(m: re.Match[bytes]) -> bytes:
@@ -280,8 +300,10 @@ def csv_fields(line: bytes, delim: int, quote: int, escape: int) -> list[tuple[i
     i = start = 0
     saw = False
     find = line.find
+    d = find(delim)
     while True:
-        d = find(delim, i)
+        if 0 <= d < i:
+            d = find(delim, i)
         q = find(quote, i, d if d >= 0 else n)
         if q < 0:
             if d < 0:
@@ -302,10 +324,7 @@ def _quoted_end(line: bytes, i: int, quote: int, escape: int) -> int:
         q = line.find(quote, i)
         e = line.find(escape, i, q if q >= 0 else n) if escape != quote else -1
         if e >= 0:
-            if e + 1 < n and line[e + 1] in (escape, quote):
-                i = e + 2
-            else:
-                i = e + 1
+            i = e + 2 if e + 1 < n and line[e + 1] in (escape, quote) else e + 1
             continue
         if q < 0:
             raise _unterminated()
@@ -344,11 +363,11 @@ def csv_value(raw: bytes, quote: int, escape: int) -> bytes:
 
 def csv_encode(
     value: bytes,
-    *,
     delim: int,
     quote: int,
     escape: int,
     null: bytes,
+    *,
     force: bool = False,
     single: bool = False,
 ) -> bytes:
@@ -364,8 +383,5 @@ def csv_encode(
         return value
     q = bytes([quote])
     e = bytes([escape])
-    if escape == quote:
-        body = value.replace(q, q + q)
-    else:
-        body = value.replace(e, e + e).replace(q, e + q)
-    return q + body + q
+    body = value.replace(e, e + e) if escape != quote else value
+    return q + body.replace(q, e + q) + q

@@ -23,6 +23,7 @@ from pgcloak.crypto.keys import MasterKey
 from pgcloak.crypto.values import (
     ColumnCipher,
     DataKey,
+    KeyWrapper,
     LocalKeyWrapper,
     ValueDecryptionError,
     new_data_key,
@@ -107,19 +108,35 @@ def encrypted_type(type_sql: str) -> EncryptedType:
 
 @dataclass
 class Keyring:
-    """Data keys by scope for one registry generation (or one transaction's copy)."""
+    """Data keys by scope for one registry generation (or one transaction's copy).
 
-    master: MasterKey
+    `wrapper` is the key-encryption key: the master key's LocalKeyWrapper or Vault transit.
+    """
+
+    wrapper: KeyWrapper | MasterKey  # a MasterKey means its LocalKeyWrapper
     keys: dict[str, dict[int, DataKey]] = field(default_factory=dict)
     _ciphers: dict[tuple[str, str], ColumnCipher] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.wrapper, MasterKey):
+            self.wrapper = LocalKeyWrapper(self.wrapper)
+
+    @property
+    def kek(self) -> KeyWrapper:
+        assert not isinstance(self.wrapper, MasterKey)
+        return self.wrapper
+
     @classmethod
     def load(
-        cls, master: MasterKey, registry: Registry, rows: Iterable[Sequence[str | None]]
+        cls,
+        wrapper: KeyWrapper | MasterKey,
+        registry: Registry,
+        rows: Iterable[Sequence[str | None]],
     ) -> Keyring:
         """Unwrap `pgcloak.data_keys` rows (text format) for columns with a policy."""
-        ring = cls(master)
-        wrapper = LocalKeyWrapper(master)
+        ring = cls(wrapper)
+        wrapper = ring.kek
+        items: list[tuple[bytes, uuid.UUID, int, str]] = []
         for column_id, version, wrapped in rows:
             if column_id is None or version is None or wrapped is None:
                 continue
@@ -128,12 +145,18 @@ class Keyring:
             if obj is None or obj.policy is None:
                 continue
             scope = str(obj.policy.get("scope", ""))
-            key = wrapper.unwrap(bytes.fromhex(wrapped[2:]), cid, int(version))
+            items.append((bytes.fromhex(wrapped[2:]), cid, int(version), scope))
+        many = getattr(wrapper, "unwrap_many", None)
+        if callable(many) and items:
+            keys = many([(w, cid, v) for w, cid, v, _ in items])  # one round trip to a KMS
+        else:
+            keys = [wrapper.unwrap(w, cid, v) for w, cid, v, _ in items]
+        for key, (_, _, _, scope) in zip(keys, items, strict=True):
             ring.keys.setdefault(scope, {})[key.version] = key
         return ring
 
     def copy(self) -> Keyring:
-        return Keyring(self.master, {s: dict(v) for s, v in self.keys.items()})
+        return Keyring(self.wrapper, {s: dict(v) for s, v in self.keys.items()})
 
     def cipher(self, col: EncColumnLike) -> ColumnCipher:
         cached = self._ciphers.get((col.scope, col.mode))
@@ -147,7 +170,7 @@ class Keyring:
 
     def writes_for_new_columns(self, registry: Registry, before: set[uuid.UUID]) -> list[Write]:
         """Data keys for encrypted columns added to `registry` since `before` (its ids)."""
-        wrapper = LocalKeyWrapper(self.master)
+        wrapper = self.kek
         writes: list[Write] = []
         for obj in registry:
             if obj.id in before or obj.kind is not Kind.COLUMN or obj.policy is None:

@@ -149,8 +149,14 @@ def cloak_context(config: Config) -> CloakContext | None:
         if config.cloak == "on":
             raise
         return None
+    from pgcloak.crypto.kek import key_wrapper
+
     return CloakContext(
-        master, tables=config.cloak_tables, dev=config.mode == "dev", encrypt=config.encrypt
+        master,
+        tables=config.cloak_tables,
+        dev=config.mode == "dev",
+        encrypt=config.encrypt,
+        wrapper=key_wrapper(config, master),
     )
 
 

@@ -11,12 +11,12 @@ Scopes (FROM, SELECT lists) are built by query.py, DML by dml.py, DDL by ddl*.py
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from pgcloak.registry.names import new_physical_name
+from pgcloak.rewriter import literals
 from pgcloak.rewriter.catalog import (
     Catalog,
     CatalogChange,
@@ -27,44 +27,14 @@ from pgcloak.rewriter.catalog import (
     uncloaked_exists,
 )
 from pgcloak.rewriter.hints import missing_column_hint
+from pgcloak.rewriter.literals import split_qualified
 from pgcloak.rewriter.plan import CloakError
 from pgcloak.rewriter.scope import Col, Item, Node, Scope, node_kind
-from pgcloak.rewriter.tokens import EditSet, TokenStream, fold_identifier, quote_ident
+from pgcloak.rewriter.tokens import EditSet, TokenStream
 
 __all__ = ["Analyzer", "split_qualified"]
 
 _DOT, _COMMA, _LPAR, _RPAR, _STAR = "ASCII_46", "ASCII_44", "ASCII_40", "ASCII_41", "ASCII_42"
-# Functions whose text arguments name relations (regclass-style references).
-_RELNAME_FUNCS = frozenset(
-    {"nextval", "currval", "setval", "to_regclass", "pg_get_serial_sequence",
-     "pg_relation_size", "pg_total_relation_size", "pg_table_size", "pg_indexes_size",
-     "pg_relation_filepath", "pg_relation_filenode", "has_table_privilege",
-     "has_column_privilege", "has_sequence_privilege", "has_any_column_privilege"}
-)  # fmt: skip
-# ... and those whose argument after the relation names one of its columns.
-_COLNAME_FUNCS = frozenset({"pg_get_serial_sequence", "has_column_privilege"})
-_QUALNAME_PART = re.compile(r'\s*(?:"((?:[^"]|"")*)"|([^".\s]+))\s*')
-
-
-def split_qualified(value: str) -> list[str] | None:
-    """'schema.name' / '"Name"' as PostgreSQL's regclass input reads it; None if not a name."""
-    parts: list[str] = []
-    pos = 0
-    while pos <= len(value):
-        m = _QUALNAME_PART.match(value, pos)
-        if m is None:
-            return None
-        parts.append(m.group(1).replace('""', '"') if m.group(1) is not None
-                     else fold_identifier(m.group(2)))  # fmt: skip
-        pos = m.end()
-        if pos >= len(value):
-            break
-        if value[pos] != ".":
-            return None
-        pos += 1
-    return parts if 1 <= len(parts) <= 3 else None
-
-
 # Expression nodes that hold no names, and those whose children are all expressions.
 _LEAVES = frozenset({"A_Const", "ParamRef", "SQLValueFunction", "SetToDefault", "CurrentOfExpr"})
 _CHILDREN = {
@@ -277,57 +247,9 @@ class Analyzer(ABC):
         locs = [self.ts.char(loc) for loc in iter_locations(node)]
         return (min(locs), max(locs)) if locs else None
 
-    # -- strings naming relations ---------------------------------------------------
-
     def check_relname_string(self, value: str, tok: int | None) -> str | None:
-        """Rewrite a string literal naming a cloaked relation ('customers'::regclass).
-
-        In a regclass position the text is a name, so it gets the physical name; a
-        literal that cannot be located is refused rather than sent as written.
-        Returns the physical name it names, if cloaked.
-        """
-        parts = split_qualified(value)
-        if parts is None:
-            return None
-        schemas: Iterable[str] = self.search_path if len(parts) == 1 else parts[-2:-1]
-        for schema in schemas:
-            physical = self.catalog.relation_physical(schema, parts[-1])
-            if physical is None:
-                continue
-            self.touched = True
-            if tok is None or self.ts.name(tok) != "SCONST":
-                raise CloakError(
-                    "0A000",
-                    "pgcloak does not support naming cloaked objects in this kind of string "
-                    "literal (regclass and similar)",
-                )
-            prefix = f"{quote_ident(parts[-2])}." if len(parts) > 1 else ""
-            literal = (prefix + quote_ident(physical)).replace("'", "''")
-            self.edits.replace[tok] = f"'{literal}'"
-            self.names_in_values = True
-            return physical
-        return None
-
-    def check_colname_string(self, table: str, value: str, tok: int | None) -> None:
-        """A literal naming a column of cloaked table `table` (taken literally, as
-        pg_get_serial_sequence and has_column_privilege do) gets its physical name."""
-        rel = self.catalog.relation_by_physical(table)
-        col = rel.column(value) if rel is not None else None
-        if col is None:
-            return  # no such column: the server says so (about the physical table)
-        if tok is None or self.ts.name(tok) != "SCONST":
-            raise CloakError(
-                "0A000", "pgcloak does not support naming cloaked columns in this kind of literal"
-            )
-        self.edits.replace[tok] = f"'{col.physical}'"
-
-    def string_const(self, node: Node) -> tuple[str, int] | None:
-        kind, body = node_kind(node)
-        if kind == "TypeCast":
-            return self.string_const(body["arg"])
-        if kind == "A_Const" and "sval" in body:
-            return str(body["sval"].get("sval", "")), body.get("location", 0)
-        return None
+        """See literals.relname_string (a string literal naming a cloaked relation)."""
+        return literals.relname_string(self, value, tok)
 
     # -- expressions ----------------------------------------------------------------
 
@@ -375,7 +297,7 @@ class Analyzer(ABC):
         self.keep_type(body["typeName"])
         names = body["typeName"].get("names", ())
         if names and _sval(names[-1]) == "regclass":
-            found = self.string_const(body["arg"])
+            found = literals.string_const(body["arg"])
             if found is not None:
                 self.check_relname_string(found[0], self.ts.by_start.get(self.ts.char(found[1])))
 
@@ -407,19 +329,7 @@ class Analyzer(ABC):
         args = body.get("args", ())
         if names[-1] == "count" and len(args) == 1 and "ColumnRef" in args[0]:
             self.bare_rows.add(id(args[0]["ColumnRef"]))  # count(t): no field names shown
-        if names[-1] in _RELNAME_FUNCS:
-            table = None  # the cloaked table the previous argument named
-            for arg in args:
-                found = self.string_const(arg)
-                if found is None:
-                    table = None
-                    continue
-                lit = self.ts.by_start.get(self.ts.char(found[1]))
-                if table is not None and names[-1] in _COLNAME_FUNCS:
-                    self.check_colname_string(table, found[0], lit)
-                    table = None
-                else:
-                    table = self.check_relname_string(found[0], lit)
+        literals.relname_args(self, names[-1], args)
         self.expr(args, scope)
         self.expr(body.get("agg_order"), scope)
         self.expr(body.get("agg_filter"), scope)

@@ -324,7 +324,7 @@ def _on_conflict(a: Analyzer, occ: Node, target: Item, scope: Scope) -> None:
                 if elem.get("name") is not None:
                     tok = ts.expect(seg, elem["name"])
                     a.column_in_item(target, elem["name"], tok, None, f'"{elem["name"]}"',
-                                     hint=(Scope(None, [target]), None))  # fmt: skip
+                                     hint=(Scope(None, [target]), None), start=loc)  # fmt: skip
                 else:
                     a.expr(elem.get("expr"), scope)
         a.expr(infer.get("whereClause"), scope)
