@@ -434,29 +434,6 @@ def _known(bug: str, texts: list[str], clients: tuple[str, ...] | None = None) -
 # The differential skips them; test_known_bug (xfail, strict) expects them to differ,
 # so a fix shows up as XPASS: then delete its entry here.
 KNOWN: dict[str, tuple[Known, ...]] = {}
-_known(
-    "D7",
-    [  # errors pgcloak raises itself: other position (psql's caret), no HINT
-        "INSERT INTO customers (email) VALUES ('cy@example.com') "
-        "ON CONFLICT ON CONSTRAINT no_such_constraint DO NOTHING",
-        "SELECT c.nope FROM customers c",
-        "ALTER TABLE customers ADD COLUMN vip_level text",
-        "ALTER TABLE customers DROP CONSTRAINT vip_range",
-        "ALTER TABLE orders DROP COLUMN shipping_notes",
-        "CREATE INDEX orders_placed_on_idx ON orders (cust_id)",
-        "CREATE TABLE customers (x int)",
-        "CREATE TABLE shipments (shipment_id int)",
-        "SELECT * FROM order_lines JOIN orders USING (order_no, cust_id)",
-        'SELECT "Email" FROM customers',
-        "SELECT count(*) FROM public.refunds",
-        'SELECT item_id FROM "Mixed Case"',
-        "CREATE TABLE depots (x integer)",
-        "ALTER TABLE depots DROP COLUMN no_such_column",
-        "COPY no_such_table TO STDOUT",
-        "GRANT SELECT ON no_such_table TO PUBLIC",
-    ],
-    clients=("psql",),
-)
 
 
 def full_corpus() -> list[Stmt]:

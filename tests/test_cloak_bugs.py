@@ -188,7 +188,6 @@ def test_explain_output_matches(
         json.loads(row[0])
 
 
-@_bug(6, "ALTER INDEX ... RENAME and DROP INDEX of a cloaked index")
 def test_index_rename_and_drop(
     pair_factory: Callable[[str], Pair], pg: PgServer, databases: tuple[str, str], schema: str
 ) -> None:
@@ -220,7 +219,6 @@ def _error(conn: psycopg.Connection[Any], sql: str) -> tuple[Any, ...]:
     return ("no error",)
 
 
-@_bug(7, "errors pgcloak raises itself lack PostgreSQL's position/hint or put them elsewhere")
 def test_own_errors_match_postgres(pair_factory: Callable[[str], Pair]) -> None:
     a, b = pair_factory("simple")
     setup = "CREATE TABLE gadgets (gadget_id int, label text)"
@@ -241,7 +239,6 @@ def test_own_errors_match_postgres(pair_factory: Callable[[str], Pair]) -> None:
     assert not diffs, "\n".join(diffs)
 
 
-@_bug(8, "whole-row JSON (to_json(t), row_to_json, json_agg) carries physical column names")
 def test_whole_row_json(pair_factory: Callable[[str], Pair]) -> None:
     a, b = pair_factory("autocommit")
     _assert_same(
@@ -258,7 +255,6 @@ def test_whole_row_json(pair_factory: Callable[[str], Pair]) -> None:
         assert ob.sqlstate == "0A000" or ob == a.run(Stmt(sql)), (sql, ob)
 
 
-@_bug(9, "'name'::regclass (and ::text of it) yields the physical name")
 def test_regclass_literal(pair_factory: Callable[[str], Pair]) -> None:
     a, b = pair_factory("simple")  # text results: a regclass as the server prints it
     _assert_same((a, b), ["CREATE TABLE gadgets (gadget_id int)"])

@@ -28,6 +28,7 @@ from pgcloak.proxy.cloak_copy_lex import (
     BAD_COPY,
     CopyValueError,
     LineScanner,
+    check_utf8,
     csv_encode,
     csv_fields,
     csv_value,
@@ -258,6 +259,8 @@ class CopyTransformer:
             end, nxt, marker = found
             if nxt == pos and not marker:
                 break  # end of data at a line start
+            if self.direction == "in":
+                check_utf8(buf, pos, nxt)
             if self._header:
                 self._header = False
                 out.append(bytes(buf[pos:nxt]))

@@ -14,11 +14,14 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from pgcloak.crypto.codecs import CodecError
+from pgcloak.crypto.codecs.base import decode_utf8
 from pgcloak.proxy.cloak_values import ValueError_
 
 __all__ = [
     "CopyValueError",
     "LineScanner",
+    "check_utf8",
     "csv_encode",
     "csv_fields",
     "csv_value",
@@ -92,6 +95,7 @@ class LineScanner:
         chars = b"".join(re.escape(bytes([c])) for c in sorted(specials))
         self._special = re.compile(b"[" + chars + b"]")
         self._resume: tuple[int, bool, bool, bool] | None = None
+        self._final = False
 
     def scan(self, buf: bytes | bytearray, start: int, final: bool) -> tuple[int, int, bool] | None:
         """(content end, next line start, ended by `\\.`) for the line at `start`.
@@ -101,6 +105,7 @@ class LineScanner:
         """
         n = len(buf)
         csv, quote, escape = self.csv, self.quote, self.escape
+        self._final = final
         if self._resume is not None:
             off, in_quote, esc, first = self._resume
             i = start + off
@@ -140,14 +145,14 @@ class LineScanner:
                         self.eol = EOL_CRNL
                         return i, i + 2, False
                     if self.eol == EOL_CRNL:
-                        raise _stray(csv, CR)
+                        raise self._err(buf, start, i + 2, _stray(csv, CR))
                     self.eol = EOL_CR
                 elif self.eol == EOL_NL:
-                    raise _stray(csv, CR)
+                    raise self._err(buf, start, i + 1, _stray(csv, CR))
                 return i, i + 1, False
             if c == LF and not (csv and in_quote):
                 if self.eol in (EOL_CR, EOL_CRNL):
-                    raise _stray(csv, LF)
+                    raise self._err(buf, start, i + 1, _stray(csv, LF))
                 self.eol = EOL_NL
                 return i, i + 1, False
             if c == BACKSLASH and (first or not csv):
@@ -157,7 +162,7 @@ class LineScanner:
                         return None
                     return n, n, False  # a backslash at the very end stays in the line
                 if buf[i + 1] == DOT and self.marker:
-                    found = self._marker(buf, i, final)
+                    found = self._marker(buf, start, i, final)
                     if found is None:
                         self._resume = saved
                         return None
@@ -173,7 +178,7 @@ class LineScanner:
             first = False
             i += 1
 
-    def _marker(self, buf: bytes | bytearray, i: int, final: bool) -> int | None:
+    def _marker(self, buf: bytes | bytearray, start: int, i: int, final: bool) -> int | None:
         """After `\\.` at `i`: the marker's end (> 0), -(where to go on) when CSV reads it as
         data, None when more data is needed."""
         n = len(buf)
@@ -185,11 +190,11 @@ class LineScanner:
             j += 1
             if c2 == LF:
                 if not self.csv:
-                    raise CopyValueError(BAD_COPY, _MARKER_STYLE)
+                    raise self._err(buf, start, j, CopyValueError(BAD_COPY, _MARKER_STYLE))
                 return -j
             if c2 != CR:
                 if not self.csv:
-                    raise CopyValueError(BAD_COPY, _MARKER_CORRUPT)
+                    raise self._err(buf, start, j, CopyValueError(BAD_COPY, _MARKER_CORRUPT))
                 return -j
         if j >= n and not final:
             return None
@@ -197,12 +202,53 @@ class LineScanner:
         j += 1
         if c2 not in (CR, LF):
             if not self.csv:
-                raise CopyValueError(BAD_COPY, _MARKER_CORRUPT)
+                raise self._err(buf, start, j, CopyValueError(BAD_COPY, _MARKER_CORRUPT))
             return -j
         eol = self.eol
         if (eol in (EOL_NL, EOL_CRNL) and c2 != LF) or (eol == EOL_CR and c2 != CR):
-            raise CopyValueError(BAD_COPY, _MARKER_STYLE)
+            raise self._err(buf, start, j, CopyValueError(BAD_COPY, _MARKER_STYLE))
         return j
+
+    def _err(
+        self, buf: bytes | bytearray, start: int, end: int, exc: CopyValueError
+    ) -> CopyValueError:
+        """`exc`, unless client bytes the server reads before it are not valid UTF-8."""
+        if self.marker:
+            try:
+                check_utf8(buf, start, min(end, len(buf)), self._final)
+            except CopyValueError as bad:
+                return bad
+        return exc
+
+
+def check_utf8(buf: bytes | bytearray, start: int, end: int, final: bool = True) -> None:
+    """Raise PostgreSQL's 22021 error for an invalid sequence (or NUL) starting in the range.
+
+    The server checks the encoding of COPY input as it reads it, so a bad byte is
+    reported before anything wrong later in the same line. A sequence cut off by
+    the end of the data so far is only bad at the end of the stream (`final`).
+    """
+    chunk = bytes(buf[start:end])
+    try:
+        chunk.decode("utf-8")
+        if 0 not in chunk:
+            return
+    except UnicodeDecodeError:
+        pass
+    tail = bytes(buf[start:])
+    limit = end - start
+    try:
+        tail.decode("utf-8")
+        bad = limit
+    except UnicodeDecodeError as exc:
+        cut = exc.reason == "unexpected end of data" and not final
+        bad = limit if cut else min(exc.start, limit)
+    if bad >= limit and tail.find(0, 0, limit) < 0:
+        return
+    try:
+        decode_utf8(tail)  # its message shows the bytes after a bad one, like the server's
+    except CodecError as exc:
+        raise CopyValueError(exc.sqlstate, exc.message) from None
 
 
 # -- text format ------------------------------------------------------------------------

@@ -51,6 +51,9 @@ def error_from_cloak(err: CloakError) -> bytes:
     extra: dict[str, str] = {}
     if err.position is not None:
         extra["position"] = str(err.position)
+    hint = getattr(err, "hint", None)
+    if hint:
+        extra["hint"] = hint
     return ErrorResponse.make("ERROR", err.sqlstate, err.message, **extra).encode()
 
 
