@@ -11,7 +11,7 @@ literal, parameter or same-scope column in deterministic mode, NULL tests,
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from pgcloak.rewriter.catalog import EncColumn
@@ -388,9 +388,9 @@ class ExprWalker(ABC):
             if other.enc.scope != enc.enc.scope:
                 raise self.refuse(OTHER_KEY, enc.col, node)
         elif other.kind == "lit":
-            self.slot(other, enc.enc)
+            self.slot(other, replace(enc.enc, compare=True))
         elif other.kind == "param":
-            self.param(other, enc.enc)
+            self.param(other, replace(enc.enc, compare=True))
         elif other.kind == "null":
             assert other.inner is not None
             strip_casts(self.a, other.casts, other.inner)

@@ -10,7 +10,7 @@ function, consulted when a column is created through pgcloak.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 __all__ = [
@@ -87,6 +87,9 @@ class EncColumn:
     type_sql: str
     table: str
     column: str
+    # A value compared with the column (WHERE col = v, IN) rather than stored in it:
+    # PostgreSQL then compares without the column's typmod and in the common type.
+    compare: bool = field(default=False, compare=False)
 
     @classmethod
     def of(cls, policy: ColumnPolicy, table: str, column: str) -> EncColumn:
