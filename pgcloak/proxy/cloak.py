@@ -336,7 +336,10 @@ class CloakSession:
         self.search_path: tuple[str, ...] = ("public",)
         self.stmts: dict[bytes, Prepared] = {}
         self.portals: dict[bytes, Prepared] = {}
-        self.sql_prepared: dict[str, tuple[str, ...] | None] = {}
+        # SQL-level PREPARE name -> (output names, encrypted outputs) for its EXECUTEs
+        self.sql_prepared: dict[
+            str, tuple[tuple[str, ...] | None, tuple[EncColumn | None, ...] | None]
+        ] = {}
         self.temp: frozenset[str] = frozenset()  # temporary relations this session made
         self._retrying = False  # this message is being planned again after a reload
         self._private_unmasker: Unmasker | None = None
@@ -879,10 +882,10 @@ class CloakSession:
                     unit = Unit(U_STEP, plan=plan, offset=length)
                     unit.values = plan.maps_values
                     text = self._values_in(plan)
-                    if plan.cloaked or _sql_prepared(plan):
-                        unit.output = self._output(plan)
-                        unit.explain = plan.cloaked and plan.statement == "ExplainStmt"
                     unit.enc = plan.output_columns
+                    if plan.cloaked or _sql_prepared(plan):
+                        unit.output, unit.enc = self._output_enc(plan)
+                        unit.explain = plan.cloaked and plan.statement == "ExplainStmt"
                 units.append(unit)
                 texts.append(text)
                 length += len(text)
@@ -922,18 +925,24 @@ class CloakSession:
         return splice_literals(plan.sql, plan.value_slots, self.keyring(), self.fmt)
 
     def _output(self, plan: Plan) -> tuple[str, ...] | None:
+        return self._output_enc(plan)[0]
+
+    def _output_enc(
+        self, plan: Plan
+    ) -> tuple[tuple[str, ...] | None, tuple[EncColumn | None, ...] | None]:
+        """Output names and encrypted outputs; EXECUTE takes those its PREPARE remembered."""
         if plan.execute is not None:
-            return self.sql_prepared.get(plan.execute)
+            return self.sql_prepared.get(plan.execute, (None, None))
         if plan.prepare is not None:
-            self.sql_prepared[plan.prepare] = plan.output_names
-            return None
+            self.sql_prepared[plan.prepare] = (plan.output_names, plan.output_columns)
+            return None, None
         deallocate = plan.deallocate
         if deallocate is not None:
             if deallocate == "*":
                 self.sql_prepared.clear()
             else:
                 self.sql_prepared.pop(deallocate, None)
-        return plan.output_names
+        return plan.output_names, plan.output_columns
 
     def _parse(self, buf: bytes, pos: int, end: int, out: list[bytes]) -> None:
         # The same Parse again (drivers re-parse the unnamed statement per query):
@@ -973,7 +982,7 @@ class CloakSession:
                         prepared.params = dict(plan.param_slots)
                         rest = parse_param_types(rest, prepared.params)[0]
                     if plan.cloaked or _sql_prepared(plan):
-                        prepared.output = self._output(plan)
+                        prepared.output, prepared.enc = self._output_enc(plan)
                         prepared.explain = plan.cloaked and plan.statement == "ExplainStmt"
                     if plan.changes:
                         prepared.writes = self._writes(plan)
@@ -1237,6 +1246,11 @@ class CloakSession:
         if self.poisoned and unit is not None and unit.kind in (U_QEND, U_SYNC):
             self.poisoned = False
             self._head_changed()
+            if status == b"T":
+                # The server finished the statement pgcloak failed (a value did not
+                # decrypt): fail its transaction too, as a server-side error would.
+                self._internal([REFUSED_SQL], lambda res, err: self._release(frame(b"Z", b"E")))
+                return b""
         if status == b"I":
             if self.private is not None:
                 self.private = None

@@ -259,8 +259,10 @@ class CopyTransformer:
             end, nxt, marker = found
             if nxt == pos and not marker:
                 break  # end of data at a line start
-            if self.direction == "in":
-                check_utf8(buf, pos, nxt)
+            if self.direction == "in" and not check_utf8(
+                buf, pos, max(nxt, self._scanner.read_to), final
+            ):
+                break  # the line is read again with more data
             if self._header:
                 self._header = False
                 out.append(bytes(buf[pos:nxt]))

@@ -96,6 +96,8 @@ class LineScanner:
         self._special = re.compile(b"[" + chars + b"]")
         self._resume: tuple[int, bool, bool, bool] | None = None
         self._final = False
+        self.read_to = 0
+        """Where the server stops reading for the line last returned, if past its end."""
 
     def scan(self, buf: bytes | bytearray, start: int, final: bool) -> tuple[int, int, bool] | None:
         """(content end, next line start, ended by `\\.`) for the line at `start`.
@@ -106,6 +108,7 @@ class LineScanner:
         n = len(buf)
         csv, quote, escape = self.csv, self.quote, self.escape
         self._final = final
+        self.read_to = 0
         if self._resume is not None:
             off, in_quote, esc, first = self._resume
             i = start + off
@@ -137,18 +140,21 @@ class LineScanner:
                 if c != escape:
                     esc = False
             if c == CR and not (csv and in_quote):
+                if i + 1 >= n and not final and (csv or self.eol in (EOL_UNKNOWN, EOL_CRNL)):
+                    self._resume = saved  # the server reads the next byte first
+                    return None
                 if self.eol in (EOL_UNKNOWN, EOL_CRNL):
-                    if i + 1 >= n and not final:
-                        self._resume = saved
-                        return None
                     if i + 1 < n and buf[i + 1] == LF:
                         self.eol = EOL_CRNL
                         return i, i + 2, False
                     if self.eol == EOL_CRNL:
                         raise self._err(buf, start, i + 2, _stray(csv, CR))
                     self.eol = EOL_CR
+                    self.read_to = i + 2  # the server looked at the next byte
                 elif self.eol == EOL_NL:
-                    raise self._err(buf, start, i + 1, _stray(csv, CR))
+                    raise self._err(buf, start, i + (2 if csv else 1), _stray(csv, CR))
+                elif csv:
+                    self.read_to = i + 2  # CSV mode always fetches the byte after a CR
                 return i, i + 1, False
             if c == LF and not (csv and in_quote):
                 if self.eol in (EOL_CR, EOL_CRNL):
@@ -191,11 +197,11 @@ class LineScanner:
             if c2 == LF:
                 if not self.csv:
                     raise self._err(buf, start, j, CopyValueError(BAD_COPY, _MARKER_STYLE))
-                return -j
+                return -(i + 1)
             if c2 != CR:
                 if not self.csv:
                     raise self._err(buf, start, j, CopyValueError(BAD_COPY, _MARKER_CORRUPT))
-                return -j
+                return -(i + 1)
         if j >= n and not final:
             return None
         c2 = buf[j] if j < n else 0
@@ -203,7 +209,7 @@ class LineScanner:
         if c2 not in (CR, LF):
             if not self.csv:
                 raise self._err(buf, start, j, CopyValueError(BAD_COPY, _MARKER_CORRUPT))
-            return -j
+            return -(i + 1)
         eol = self.eol
         if (eol in (EOL_NL, EOL_CRNL) and c2 != LF) or (eol == EOL_CR and c2 != CR):
             raise self._err(buf, start, j, CopyValueError(BAD_COPY, _MARKER_STYLE))
@@ -221,34 +227,39 @@ class LineScanner:
         return exc
 
 
-def check_utf8(buf: bytes | bytearray, start: int, end: int, final: bool = True) -> None:
+def check_utf8(buf: bytes | bytearray, start: int, end: int, final: bool = True) -> bool:
     """Raise PostgreSQL's 22021 error for an invalid sequence (or NUL) starting in the range.
 
     The server checks the encoding of COPY input as it reads it, so a bad byte is
-    reported before anything wrong later in the same line. A sequence cut off by
-    the end of the data so far is only bad at the end of the stream (`final`).
+    reported before anything wrong later in the same line. False when the range
+    runs into a sequence the data so far cuts off (the server waits for the rest).
     """
     chunk = bytes(buf[start:end])
     try:
         chunk.decode("utf-8")
         if 0 not in chunk:
-            return
+            return True
     except UnicodeDecodeError:
         pass
     tail = bytes(buf[start:])
     limit = end - start
+    bad = limit
     try:
         tail.decode("utf-8")
-        bad = limit
     except UnicodeDecodeError as exc:
-        cut = exc.reason == "unexpected end of data" and not final
-        bad = limit if cut else min(exc.start, limit)
+        if exc.start < limit:
+            if exc.reason == "unexpected end of data" and not final:
+                if tail.find(0, 0, exc.start) < 0:
+                    return False
+            else:
+                bad = exc.start
     if bad >= limit and tail.find(0, 0, limit) < 0:
-        return
+        return True
     try:
         decode_utf8(tail)  # its message shows the bytes after a bad one, like the server's
     except CodecError as exc:
         raise CopyValueError(exc.sqlstate, exc.message) from None
+    return True  # pragma: no cover - decode_utf8 fails where decode() did
 
 
 # -- text format ------------------------------------------------------------------------

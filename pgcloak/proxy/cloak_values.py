@@ -368,7 +368,7 @@ def decrypt_row(
     return frame(b"D", b"".join(out))
 
 
-_HEX_VALUE = re.compile(r"\\x([0-9a-f]{54,})")
+_HEX_VALUE = re.compile(r"\\x([0-9a-f]{44,})")  # an envelope is at least 22 bytes
 
 
 def reveal_detail(
