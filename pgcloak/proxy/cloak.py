@@ -30,6 +30,7 @@ from pgcloak.crypto.keys import MasterKey
 from pgcloak.crypto.values import KeyWrapper, LocalKeyWrapper, ValueDecryptionError
 from pgcloak.proxy.cloak_cache import DatabaseEntry, RegistryCache
 from pgcloak.proxy.cloak_catalog import TempCatalog, as_catalog, created_relation
+from pgcloak.proxy.cloak_copy import CopyOptions, CopyTransformer, CopyValueError, copy_options
 from pgcloak.proxy.cloak_results import (
     Unmasker,
     decode_fields,
@@ -126,6 +127,7 @@ class Unit:
     """What the responses to one request sent upstream mean."""
 
     __slots__ = (
+        "copy",
         "emit",
         "enc",
         "explain",
@@ -169,6 +171,7 @@ class Unit:
         self.formats: list[int] | None = None  # result formats of the encrypted outputs
         self.params: dict[int, EncColumn] | None = None  # encrypted parameters ($n)
         self.template: Template | None = None  # fast path: plan = template for `source`
+        self.copy: tuple[tuple[EncColumn | None, ...], CopyOptions] | None = None
         self.source: bytes = b""
         self.tag: str | None = None  # CommandComplete tag to report instead
         self.hold = False  # keep the CommandComplete until the registry write completes
@@ -192,6 +195,7 @@ class Prepared:
     enc: tuple[EncColumn | None, ...] | None = None  # encrypted output positions
     params: dict[int, EncColumn] | None = None  # encrypted parameters ($n)
     formats: list[int] | None = None  # result formats from Bind (portals)
+    copy: tuple[tuple[EncColumn | None, ...], CopyOptions] | None = None
 
 
 class CloakContext:
@@ -354,6 +358,9 @@ class CloakSession:
         self.private_keys: Keyring | None = None
         self.fmt: SessionFormat = DEFAULT_FORMAT  # DateStyle, TimeZone... for value codecs
         self.poisoned = False  # a value failed to decrypt: drop the rest until ReadyForQuery
+        self.copy_in: CopyTransformer | None = None  # client CopyData being encrypted
+        self.copy_out: CopyTransformer | None = None  # server CopyData being decrypted
+        self.copy_in_failed = False  # pgcloak failed a COPY FROM STDIN: drop the client's rest
         self.path_dirty = False
         self.set_in_txn = False
         self.listen_dirty = False
@@ -378,8 +385,8 @@ class CloakSession:
             ord("A"): self._s_notification,
             ord("S"): self._s_parameter_status,
             ord("Z"): self._s_ready,
-            ord("G"): None,
-            ord("H"): None,
+            ord("G"): self._s_copy_in,
+            ord("H"): self._s_copy_out,
             ord("W"): None,
             ord("d"): None,
             ord("c"): None,
@@ -706,6 +713,8 @@ class CloakSession:
         elif typ == 88:  # X
             self.client_terminated = True
             out.append(buf[pos:end])
+        elif typ in (100, 99, 102) and (self.copy_in is not None or self.copy_in_failed):
+            self._copy_data_in(typ, buf, pos, end, out)
         else:  # H d c f
             out.append(buf[pos:end])
 
@@ -717,6 +726,35 @@ class CloakSession:
             if physical is not None:
                 return physical
         return None
+
+    def _copy_data_in(self, typ: int, buf: bytes, pos: int, end: int, out: list[bytes]) -> None:
+        """CopyData/CopyDone/CopyFail of a COPY FROM STDIN into encrypted columns."""
+        copy = self.copy_in
+        if copy is None:  # pgcloak already failed this COPY: the server is out of COPY mode
+            if typ != 100:
+                self.copy_in_failed = False
+            return
+        try:
+            if typ == 100:  # d
+                data = copy.feed(buf[pos + 5 : end])
+                if data:
+                    out.append(frame(b"d", data))
+                return
+            if typ == 99:  # c
+                tail = copy.finish()
+                if tail:
+                    out.append(frame(b"d", tail))
+            self.copy_in = None
+            out.append(buf[pos:end])
+        except ValueError_ as exc:
+            # Fail the COPY upstream (no client data in the message) and answer with
+            # pgcloak's error in place of the server's.
+            self.copy_in = None
+            self.copy_in_failed = typ == 100
+            head = next((u for u in self.units if u.copy is not None), None)
+            if head is not None:
+                head.refusal = CloakError(exc.sqlstate, exc.message)
+            out.append(frame(b"f", b"pgcloak rejected a COPY value\0"))
 
     def _plan(self, sql: str) -> tuple[Plan, ...]:
         plans = self.ctx.rewriter.plan(sql, self.catalog(), self.search_path)
@@ -881,6 +919,7 @@ class CloakSession:
                 else:
                     unit = Unit(U_STEP, plan=plan, offset=length)
                     unit.values = plan.maps_values
+                    unit.copy = self._copy_plan(plan)
                     text = self._values_in(plan)
                     unit.enc = plan.output_columns
                     if plan.cloaked or _sql_prepared(plan):
@@ -915,11 +954,19 @@ class CloakSession:
         text = "".join(texts)
         out.append(frame(b"Q", text.encode() + b"\0") if text != sql else raw_query(raw))
 
+    def _copy_plan(self, plan: Plan) -> tuple[tuple[EncColumn | None, ...], CopyOptions] | None:
+        """For COPY of encrypted columns: which data positions to transform, and how."""
+        cols = plan.copy_columns
+        if cols is None or not any(cols):
+            return None
+        try:
+            return cols, copy_options(plan.source)
+        except CopyValueError as exc:
+            raise CloakError(exc.sqlstate, exc.message) from None
+
     def _values_in(self, plan: Plan) -> str:
         """The plan's SQL with literals of encrypted columns encrypted (ValueError_ if bad)."""
         assert plan.sql is not None
-        if plan.copy_columns is not None and any(plan.copy_columns):
-            raise CloakError("0A000", "pgcloak does not support COPY of encrypted columns yet")
         if not plan.value_slots:
             return plan.sql
         return splice_literals(plan.sql, plan.value_slots, self.keyring(), self.fmt)
@@ -976,6 +1023,7 @@ class CloakSession:
                     text = self._writes(plan)
                 else:
                     text = self._values_in(plan)
+                    prepared.copy = self._copy_plan(plan)
                     prepared.values = plan.maps_values
                     prepared.enc = plan.output_columns
                     if plan.param_slots:
@@ -1024,6 +1072,7 @@ class CloakSession:
         unit.values = prepared.values
         unit.enc = prepared.enc
         unit.formats = prepared.formats
+        unit.copy = prepared.copy
         unit.tag = prepared.tag
         unit.write = prepared.tag is not None
         self._push(unit)
@@ -1231,6 +1280,58 @@ class CloakSession:
             self.fmt = fmt
         return None
 
+    def _s_copy_in(self, buf: bytes, start: int, end: int) -> bytes | None:
+        head = self.units[0] if self.units else None
+        if head is not None and head.copy is not None:
+            cols, opts = head.copy
+            self.copy_in = CopyTransformer(
+                cols, opts, direction="in", ring=self.keyring(), fmt=self.fmt
+            )
+        return None
+
+    def _s_copy_out(self, buf: bytes, start: int, end: int) -> bytes | None:
+        head = self.units[0] if self.units else None
+        if head is not None and head.copy is not None and self.rows_table is not None:
+            cols, opts = head.copy
+            self.copy_out = CopyTransformer(
+                cols, opts, direction="out", ring=self.keyring(), fmt=self.fmt
+            )
+            self.rows_table[ord("d")] = self._s_copy_data
+            self.rows_table[ord("c")] = self._s_copy_done
+        return None
+
+    def _end_copy_out(self) -> None:
+        self.copy_out = None
+        if self.rows_table is not None:
+            self.rows_table[ord("d")] = None
+            self.rows_table[ord("c")] = None
+
+    def _s_copy_data(self, buf: bytes, start: int, end: int) -> bytes | None:
+        copy = self.copy_out
+        if copy is None or self.poisoned:
+            return b"" if self.poisoned else None
+        try:
+            data = copy.feed(buf[start + 5 : end])
+        except ValueError_ as exc:
+            self._end_copy_out()
+            self.poisoned = True
+            self._head_changed()
+            return ErrorResponse.make("ERROR", exc.sqlstate, exc.message).encode()
+        return frame(b"d", data) if data else b""
+
+    def _s_copy_done(self, buf: bytes, start: int, end: int) -> bytes | None:
+        copy = self.copy_out
+        self._end_copy_out()
+        if copy is None or self.poisoned:
+            return b"" if self.poisoned else None
+        try:
+            tail = copy.finish()
+        except ValueError_ as exc:
+            self.poisoned = True
+            self._head_changed()
+            return ErrorResponse.make("ERROR", exc.sqlstate, exc.message).encode()
+        return (frame(b"d", tail) if tail else b"") + buf[start:end]
+
     def _s_notification(self, buf: bytes, start: int, end: int) -> bytes | None:
         i = buf.index(b"\0", start + 9, end)
         if buf[start + 9 : i] != CHANNEL.encode():
@@ -1242,6 +1343,9 @@ class CloakSession:
     def _s_ready(self, buf: bytes, start: int, end: int) -> bytes | None:
         status = buf[start + 5 : start + 6]
         self.txn_status = status
+        if self.copy_out is not None:
+            self._end_copy_out()
+        self.copy_in = None
         unit = self._pop()
         if self.poisoned and unit is not None and unit.kind in (U_QEND, U_SYNC):
             self.poisoned = False
