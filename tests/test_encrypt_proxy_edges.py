@@ -130,7 +130,6 @@ def test_equality_follows_postgresql_comparison(
         pair.setup(f"DELETE FROM m_det WHERE id = {row}")
 
 
-@pytest.mark.xfail(strict=True, reason=f"E10: {BUGS}")
 def test_json_has_no_equality(pair: Pair) -> None:
     """PostgreSQL has no `json = json`; a deterministic json column must not invent one."""
     a, b = pair.run("SELECT id FROM m_det WHERE c_json = '{}'")

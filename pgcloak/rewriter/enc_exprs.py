@@ -99,6 +99,11 @@ def _sval(node: Node) -> str:
     return str(node["String"]["sval"])
 
 
+def _no_equality(enc: EncColumn) -> bool:
+    """json (unlike jsonb) has no equality operator in PostgreSQL: nothing to emulate."""
+    return enc.type_sql.split("[")[0] == "json"
+
+
 def same_key(x: EncColumn, y: EncColumn) -> bool:
     return x.scope == y.scope and x.mode == y.mode and x.type_sql == y.type_sql
 
@@ -381,6 +386,13 @@ class ExprWalker(ABC):
         node = enc.inner or node  # point at the encrypted column
         if not enc.enc.deterministic:
             raise self.refuse(EQUALITY, enc.col, node)
+        if _no_equality(enc.enc):
+            raise CloakError(
+                "42883",
+                "operator does not exist: json = unknown",
+                hint="No operator matches the given name and argument types. You might need "
+                "to add explicit type casts.",
+            )
         if other.kind == "enc":
             assert other.col is not None and other.enc is not None
             if not other.enc.deterministic:
@@ -442,6 +454,8 @@ class ExprWalker(ABC):
             return
         if col is not None and col.enc is not None and not col.enc.deterministic:
             raise self.refuse(ctx, col, body)
+        if col is not None and col.enc is not None and _no_equality(col.enc):
+            raise CloakError("42883", "could not identify an equality operator for type json")
 
     def order(self, items: Any, outs: list[Col] | None) -> None:
         for sb in items or ():
