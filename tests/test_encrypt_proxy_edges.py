@@ -140,7 +140,6 @@ def test_json_has_no_equality(pair: Pair) -> None:
     assert b.sqlstate in ("42883", "0A000"), b
 
 
-@pytest.mark.xfail(strict=True, reason=f"E12: {BUGS}")
 def test_repeated_statement_after_set_timezone(pair: Pair) -> None:
     """The same statement text with a timestamptz literal, before and after SET TimeZone."""
     pair.setup("CREATE TABLE sess2 (id int, tz timestamptz, d date)")

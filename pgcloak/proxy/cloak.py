@@ -1051,6 +1051,7 @@ class CloakSession:
         if (
             plan0 is not None
             and not plan0.changes
+            and not plan0.value_slots  # ciphertexts depend on TimeZone/DateStyle: fresh each time
             and plan0.sql is not None
             and not (_sql_prepared(plan0) or plan0.statement in _SESSION_STATE)
         ):
