@@ -604,12 +604,7 @@ class CloakSession:
                     break
                 boundary = typ == 81 or (typ == 80 and not self.ext_open)
                 if boundary and self._needs_refresh():
-                    self.tail = b""
-                    if out:
-                        self.to_server(b"".join(out))
-                        out = []
-                    self.backlog = bytearray(buf[pos:])
-                    self._refresh()
+                    self._hold_for_refresh(buf, pos, out)
                     return
                 try:
                     self._client_message(typ, buf, pos, end, out)
@@ -619,12 +614,7 @@ class CloakSession:
                     self.ext_open = False
                     self._retrying = True
                     self.entry.stale = True
-                    self.tail = b""
-                    if out:
-                        self.to_server(b"".join(out))
-                        out = []
-                    self.backlog = bytearray(buf[pos:])
-                    self._refresh()
+                    self._hold_for_refresh(buf, pos, out)
                     return
                 self._retrying = False
                 pos = end
@@ -632,6 +622,15 @@ class CloakSession:
         finally:
             if out:
                 self.to_server(b"".join(out))
+
+    def _hold_for_refresh(self, buf: bytes, pos: int, out: list[bytes]) -> None:
+        """Send what was ready, keep the client's input from `pos` on, reload first."""
+        self.tail = b""
+        if out:
+            self.to_server(b"".join(out))
+            out.clear()
+        self.backlog = bytearray(buf[pos:])
+        self._refresh()
 
     def _needs_refresh(self) -> bool:
         if self.private_reload:

@@ -515,6 +515,13 @@ class ClientConnection(asyncio.Protocol):
         use_relay(self, self.transport, self.relay)
         use_relay(self.server, self.server.transport, self.server.relay)
         self.state = State.READY
+        early = self._leave_auth()
+        self.log.debug("session ready")
+        if early:
+            self.relay.feed(early)
+
+    def _leave_auth(self) -> bytes:
+        """End of the authentication slow path: what the client already sent, timers reset."""
         early = b"".join(self._early)
         if self._client_framer is not None:
             early += self._client_framer.take_pending()
@@ -522,9 +529,7 @@ class ClientConnection(asyncio.Protocol):
         self._client_framer = self._server_framer = None
         self._rx_mark = -1
         self._arm(self.proxy.config.idle_timeout, self._idle_check)
-        self.log.debug("session ready")
-        if early:
-            self.relay.feed(early)
+        return early
 
     def _become_cloaked(self, ready: bytes) -> None:
         """Switch to the cloaking path; the client sees ReadyForQuery once the registry is in."""
@@ -552,13 +557,7 @@ class ClientConnection(asyncio.Protocol):
         self.data_received = self._cloak_client_data  # type: ignore[method-assign]
         self.transport.set_protocol(self)
         self.state = State.READY
-        early = b"".join(self._early)
-        if self._client_framer is not None:
-            early += self._client_framer.take_pending()
-        self._early.clear()
-        self._client_framer = self._server_framer = None
-        self._rx_mark = -1
-        self._arm(self.proxy.config.idle_timeout, self._idle_check)
+        early = self._leave_auth()
         cloak.start(ready)
         if early:
             self._cloak_client_data(early)
