@@ -41,14 +41,14 @@ from pgcloak.proxy.cloak_results import (
 from pgcloak.proxy.cloak_values import (
     DATA_KEYS_SQL,
     Keyring,
+    Sealer,
     ValueError_,
     decrypt_row,
     describe_params,
     describe_row,
     parse_param_types,
     reveal_detail,
-    splice_literals,
-    transform_bind,
+    reveal_truncated,
 )
 from pgcloak.proxy.messages import CommandComplete, ErrorResponse
 from pgcloak.proxy.stats import Metrics
@@ -196,6 +196,7 @@ class Prepared:
     params: dict[int, EncColumn] | None = None  # encrypted parameters ($n)
     formats: list[int] | None = None  # result formats from Bind (portals)
     copy: tuple[tuple[EncColumn | None, ...], CopyOptions] | None = None
+    param_oids: list[int] = dataclasses.field(default_factory=list)  # client-declared types
 
 
 class CloakContext:
@@ -361,6 +362,7 @@ class CloakSession:
         self.copy_in: CopyTransformer | None = None  # client CopyData being encrypted
         self.copy_out: CopyTransformer | None = None  # server CopyData being decrypted
         self.copy_in_failed = False  # pgcloak failed a COPY FROM STDIN: drop the client's rest
+        self.sealed: dict[str, str] = {}  # ciphertext prefix -> plaintext, latest statement
         self.path_dirty = False
         self.set_in_txn = False
         self.listen_dirty = False
@@ -667,8 +669,8 @@ class CloakSession:
                     )
                 if prepared.params:
                     try:
-                        mapped = transform_bind(
-                            buf, pos, end, slots=prepared.params, ring=self.keyring(), fmt=self.fmt
+                        mapped = self._sealer().bind(
+                            buf, pos, end, prepared.params, prepared.param_oids
                         )
                     except ValueError_ as exc:
                         # Make the server fail this Bind (so it skips to Sync as it would
@@ -963,12 +965,17 @@ class CloakSession:
         except CopyValueError as exc:
             raise CloakError(exc.sqlstate, exc.message) from None
 
+    def _sealer(self) -> Sealer:
+        """Encrypts this statement's values; remembers them for error DETAIL lines."""
+        self.sealed = {}
+        return Sealer(self.keyring(), self.fmt, self.unmasker().names, self.sealed)
+
     def _values_in(self, plan: Plan) -> str:
         """The plan's SQL with literals of encrypted columns encrypted (ValueError_ if bad)."""
         assert plan.sql is not None
         if not plan.value_slots:
             return plan.sql
-        return splice_literals(plan.sql, plan.value_slots, self.keyring(), self.fmt)
+        return self._sealer().literals(plan.sql, plan.value_slots)
 
     def _output(self, plan: Plan) -> tuple[str, ...] | None:
         return self._output_enc(plan)[0]
@@ -1027,7 +1034,7 @@ class CloakSession:
                     prepared.enc = plan.output_columns
                     if plan.param_slots:
                         prepared.params = dict(plan.param_slots)
-                        rest = parse_param_types(rest, prepared.params)[0]
+                        rest, prepared.param_oids = parse_param_types(rest, prepared.params)
                     if plan.cloaked or _sql_prepared(plan):
                         prepared.output, prepared.enc = self._output_enc(plan)
                         prepared.explain = plan.cloaked and plan.statement == "ExplainStmt"
@@ -1233,7 +1240,9 @@ class CloakSession:
             mapped_fields = self.unmasker().fields(fields, mapped)
             detail = mapped_fields.get("D")
             if detail is not None and "\\x" in detail:
-                mapped_fields["D"] = self._reveal(detail, fields.get("t"))
+                mapped_fields["D"] = reveal_truncated(
+                    self._reveal(detail, fields.get("t")), self.sealed
+                )
             replacement = encode_fields(b"E", mapped_fields)
         # The backend skips to the end of the Query (simple) or to Sync (extended).
         stop = U_QEND if head.simple else U_SYNC

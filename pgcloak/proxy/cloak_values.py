@@ -11,6 +11,7 @@ with a value in the message.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import struct
 import uuid
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from pgcloak.crypto.codecs import CodecError, SessionFormat, TypeCodec, codec_for, parse_type
+from pgcloak.crypto.codecs.convert import literal_value, to_column
 from pgcloak.crypto.keys import MasterKey
 from pgcloak.crypto.values import (
     ColumnCipher,
@@ -189,57 +191,112 @@ class Keyring:
 
 
 def sql_literal_text(raw: str, standard_strings: bool = True) -> str | None:
-    """The value of a SQL literal token ('it''s', E'\\n', 42, 1.5); None for NULL."""
-    if raw.upper() == "NULL":
-        return None
-    if raw[:1] in "'eE" and raw.endswith("'"):
-        escape = raw[0] in "eE" or not standard_strings
-        body = raw[2:-1] if raw[0] in "eE" else raw[1:-1]
-        body = body.replace("''", "'")
-        if escape:
-            body = body.encode("latin-1", "backslashreplace").decode("unicode_escape")
-        return body
-    return raw
+    """The value of a SQL literal token ('it''s', E'\\n', $$x$$, 42); None for NULL."""
+    return literal_value(raw, standard_strings)[1]
 
 
-def encrypt_text(text: str, col: EncColumnLike, ring: Keyring, fmt: SessionFormat) -> bytes:
-    t = encrypted_type(col.type_sql)
-    try:
-        canonical = t.codec.from_text(text, t.typmod, fmt)
-    except CodecError as exc:
-        raise ValueError_(exc.sqlstate, exc.message) from None
-    return ring.cipher(col).encrypt(canonical)
+# A bytea that can never equal a stored envelope (those start with the format byte 1):
+# what a comparison value becomes when no stored value could compare equal to it.
+UNMATCHABLE = b"\x00"
 
 
-def encrypt_binary(data: bytes, col: EncColumnLike, ring: Keyring) -> bytes:
-    t = encrypted_type(col.type_sql)
-    try:
-        canonical = t.codec.from_binary(data, t.typmod)
-    except CodecError as exc:
-        raise ValueError_(exc.sqlstate, exc.message) from None
-    return ring.cipher(col).encrypt(canonical)
+@dataclass
+class Sealer:
+    """Encrypts client values for one statement, as PostgreSQL would have stored them.
+
+    The value's own type (a literal's, or the Bind parameter's declared type) is
+    converted to the column's type with PostgreSQL's assignment rules (INSERT, UPDATE)
+    or comparison rules (WHERE col = value): see pgcloak.crypto.codecs.convert.
+    `names` gives semantic column names for PostgreSQL-style messages; `record` keeps
+    ciphertext prefixes -> displayed plaintext, so an error DETAIL that PostgreSQL
+    truncated ("Failing row contains (...)") can still be shown in plaintext.
+    """
+
+    ring: Keyring
+    fmt: SessionFormat
+    names: Mapping[str, str]
+    record: dict[str, str] = field(default_factory=dict)
+
+    def seal(
+        self, col: EncColumnLike, text: str | None, binary: bytes | None, src_oid: int
+    ) -> bytes | None:
+        """Ciphertext for the value, None for NULL, UNMATCHABLE for an impossible match."""
+        t = encrypted_type(col.type_sql)
+        compare = bool(getattr(col, "compare", False))
+        column = self.names.get(getattr(col, "column", ""), "?")
+        try:
+            canonical = to_column(
+                text, binary, src_oid, t.oid, t.typmod, compare=compare, column=column,
+                fmt=self.fmt,
+            )  # fmt: skip
+        except CodecError as exc:
+            raise ValueError_(exc.sqlstate, exc.message) from None
+        if canonical is None:
+            return UNMATCHABLE if compare and (text is not None or binary is not None) else None
+        sealed = self.ring.cipher(col).encrypt(canonical)
+        if not compare:
+            with contextlib.suppress(CodecError):
+                self.record[sealed.hex()[:62]] = t.codec.to_text(canonical, self.fmt)
+        return sealed
+
+    def literals(self, sql: str, slots: Sequence[tuple[int, int, EncColumnLike]]) -> str:
+        """`sql` with every literal slot replaced by its ciphertext literal."""
+        out: list[str] = []
+        prev = 0
+        for start, end, col in sorted(slots, key=lambda s: s[0]):
+            out.append(sql[prev:start])
+            try:
+                oid, text = literal_value(sql[start:end], self.fmt.standard_conforming_strings)
+            except CodecError as exc:
+                raise ValueError_(exc.sqlstate, exc.message) from None
+            sealed = None if text is None else self.seal(col, text, None, oid)
+            out.append("NULL" if sealed is None else bytea_literal(sealed))
+            prev = end
+        out.append(sql[prev:])
+        return "".join(out)
+
+    def bind(
+        self,
+        buf: bytes,
+        pos: int,
+        end: int,
+        slots: Mapping[int, EncColumnLike],
+        declared: Sequence[int],
+    ) -> bytes:
+        """A Bind with encrypted parameters encrypted (sent in binary format)."""
+        i = buf.index(b"\0", pos + 5, end)
+        j = buf.index(b"\0", i + 1, end)
+        names = buf[pos + 5 : j + 1]
+        p = j + 1
+        nfmt = int.from_bytes(buf[p : p + 2], "big")
+        formats = [int.from_bytes(buf[p + 2 + 2 * k : p + 4 + 2 * k], "big") for k in range(nfmt)]
+        p += 2 + 2 * nfmt
+        nparams = int.from_bytes(buf[p : p + 2], "big")
+        p += 2
+        new_formats: list[int] = []
+        values: list[bytes] = []
+        for k in range(nparams):
+            ln = int.from_bytes(buf[p : p + 4], "big", signed=True)
+            p += 4
+            value = None if ln < 0 else buf[p : p + ln]
+            p += max(ln, 0)
+            f = formats[0] if nfmt == 1 else (formats[k] if k < nfmt else 0)
+            col = slots.get(k + 1)
+            if col is not None and value is not None:
+                src = declared[k] if k < len(declared) else 0
+                if f == 0:
+                    sealed = self.seal(col, value.decode("utf-8", "surrogateescape"), None, src)
+                else:
+                    sealed = self.seal(col, None, value, src)
+                value, f = sealed, 1
+            new_formats.append(f)
+            values.append(_NULL if value is None else len(value).to_bytes(4, "big") + value)
+        head = _I16.pack(len(new_formats)) + b"".join(_I16.pack(f) for f in new_formats)
+        return frame(b"B", names + head + _I16.pack(nparams) + b"".join(values) + buf[p:end])
 
 
 def bytea_literal(ciphertext: bytes) -> str:
     return f"'\\x{ciphertext.hex()}'::bytea"
-
-
-def splice_literals(
-    sql: str,
-    slots: Sequence[tuple[int, int, EncColumnLike]],
-    ring: Keyring,
-    fmt: SessionFormat,
-) -> str:
-    """`sql` with every literal slot replaced by its ciphertext literal."""
-    out: list[str] = []
-    prev = 0
-    for start, end, col in sorted(slots, key=lambda s: s[0]):
-        out.append(sql[prev:start])
-        text = sql_literal_text(sql[start:end], fmt.standard_conforming_strings)
-        out.append("NULL" if text is None else bytea_literal(encrypt_text(text, col, ring, fmt)))
-        prev = end
-    out.append(sql[prev:])
-    return "".join(out)
 
 
 # -- extended protocol ---------------------------------------------------------------
@@ -270,46 +327,6 @@ def describe_params(body: bytes, slots: Mapping[int, EncColumnLike]) -> bytes:
         if 0 < number <= n:
             oids[number - 1] = encrypted_type(col.type_sql).oid
     return frame(b"t", _I16.pack(n) + b"".join(o.to_bytes(4, "big") for o in oids))
-
-
-def transform_bind(
-    buf: bytes,
-    pos: int,
-    end: int,
-    *,
-    slots: Mapping[int, EncColumnLike],
-    ring: Keyring,
-    fmt: SessionFormat,
-) -> bytes:
-    """A Bind with encrypted parameters encrypted (sent in binary format)."""
-    i = buf.index(b"\0", pos + 5, end)
-    j = buf.index(b"\0", i + 1, end)
-    names = buf[pos + 5 : j + 1]
-    p = j + 1
-    nfmt = int.from_bytes(buf[p : p + 2], "big")
-    formats = [int.from_bytes(buf[p + 2 + 2 * k : p + 4 + 2 * k], "big") for k in range(nfmt)]
-    p += 2 + 2 * nfmt
-    nparams = int.from_bytes(buf[p : p + 2], "big")
-    p += 2
-    new_formats: list[int] = []
-    values: list[bytes] = []
-    for k in range(nparams):
-        ln = int.from_bytes(buf[p : p + 4], "big", signed=True)
-        p += 4
-        value = None if ln < 0 else buf[p : p + ln]
-        p += max(ln, 0)
-        f = formats[0] if nfmt == 1 else (formats[k] if k < nfmt else 0)
-        col = slots.get(k + 1)
-        if col is not None and value is not None:
-            if f == 0:
-                sealed = encrypt_text(value.decode("utf-8", "surrogateescape"), col, ring, fmt)
-            else:
-                sealed = encrypt_binary(value, col, ring)
-            value, f = sealed, 1
-        new_formats.append(f)
-        values.append(_NULL if value is None else len(value).to_bytes(4, "big") + value)
-    head = _I16.pack(len(new_formats)) + b"".join(_I16.pack(f) for f in new_formats)
-    return frame(b"B", names + head + _I16.pack(nparams) + b"".join(values) + buf[p:end])
 
 
 # -- results --------------------------------------------------------------------------
@@ -368,6 +385,7 @@ def decrypt_row(
     return frame(b"D", b"".join(out))
 
 
+_HEX_CUT = re.compile(r"\\x([0-9a-f]{40,})\.\.\.")
 _HEX_VALUE = re.compile(r"\\x([0-9a-f]{44,})")  # an envelope is at least 22 bytes
 
 
@@ -392,6 +410,17 @@ def reveal_detail(
         return m.group(0)
 
     return _HEX_VALUE.sub(sub, detail)
+
+
+def reveal_truncated(detail: str, record: Mapping[str, str]) -> str:
+    """Ciphertexts PostgreSQL cut short in a DETAIL (`\\x0152...`) shown as the values
+    this statement sent, when pgcloak recorded them."""
+
+    def sub(m: re.Match[str]) -> str:
+        shown = record.get(m.group(1)[:62])
+        return shown if shown is not None else m.group(0)
+
+    return _HEX_CUT.sub(sub, detail)
 
 
 def bytea_from_text(text: bytes) -> bytes:

@@ -16,7 +16,6 @@ from pgcloak.registry.store import Registry, RegistryError
 from pgcloak.rewriter.catalog import (
     AddColumn,
     AddConstraint,
-    AnySequence,
     CatalogChange,
     Column,
     Constraint,
@@ -49,11 +48,16 @@ class ChangeMismatch(RegistryError):
     """A change refers to an object the registry does not have (or has twice)."""
 
 
-def _table(registry: Registry, physical: str) -> RegistryObject:
+def _registered(registry: Registry, physical: str, kind: Kind) -> RegistryObject:
+    """The relation, index or sequence registered as `physical`; it must be a `kind`."""
     obj = registry.by_physical(physical)
-    if obj is None or obj.kind != Kind.TABLE:
-        raise ChangeMismatch(f"no registered table {physical}")
+    if obj is None or obj.kind != kind:
+        raise ChangeMismatch(f"no registered {kind.label} {physical}")
     return obj
+
+
+def _table(registry: Registry, physical: str) -> RegistryObject:
+    return _registered(registry, physical, Kind.TABLE)
 
 
 _VIEW_KINDS = {"view": Kind.VIEW, "matview": Kind.MATVIEW}
@@ -143,18 +147,19 @@ def _add_sequences(
     return writes
 
 
-def _index(registry: Registry, physical: str) -> RegistryObject:
-    obj = registry.by_physical(physical)
-    if obj is None or obj.kind != Kind.INDEX:
-        raise ChangeMismatch(f"no registered index {physical}")
-    return obj
-
-
-def _sequence(registry: Registry, seq: AnySequence) -> RegistryObject:
-    obj = registry.by_physical(seq.physical)
-    if obj is None or obj.kind != Kind.SEQUENCE:
-        raise ChangeMismatch(f"no registered sequence {seq.physical}")
-    return obj
+def _add_dependents(
+    registry: Registry,
+    table: RegistryObject,
+    constraints: Iterable[Constraint],
+    indexes: Iterable[Index],
+    sequences: Iterable[OwnedSequence],
+) -> list[Write]:
+    """What a new table or column brings along: constraints, indexes, owned sequences."""
+    return (
+        _add_constraints(registry, table, constraints)
+        + _add_indexes(registry, table, indexes)
+        + _add_sequences(registry, table, sequences)
+    )
 
 
 def _sequence_writes(registry: Registry, change: CatalogChange) -> list[Write]:
@@ -171,14 +176,14 @@ def _sequence_writes(registry: Registry, change: CatalogChange) -> list[Write]:
                 implicit=seq.implicit,
             ).writes
         case DropSequence(seq):
-            return registry.drop(_sequence(registry, seq).id)
+            return registry.drop(_registered(registry, seq.physical, Kind.SEQUENCE).id)
         case RenameSequence(seq, new_name):
-            return registry.rename(_sequence(registry, seq).id, new_name)
+            return registry.rename(_registered(registry, seq.physical, Kind.SEQUENCE).id, new_name)
         case SetSequenceOwner(seq, table, column):
             owner = None
             if table is not None and column is not None:
                 owner = _child(registry, _table(registry, table), column, Kind.COLUMN).id
-            return registry.set_parent(_sequence(registry, seq).id, owner)
+            return registry.set_parent(_registered(registry, seq.physical, Kind.SEQUENCE).id, owner)
     raise TypeError(f"not a sequence change: {type(change).__name__}")
 
 
@@ -209,10 +214,7 @@ def writes_for(registry: Registry, change: CatalogChange) -> list[Write]:
             table, writes = registry.add(kind, rel.name, schema=rel.schema,
                                          physical_name=rel.physical)  # fmt: skip
             writes += _add_columns(registry, table, rel.columns, 1)
-            writes += _add_constraints(registry, table, cons)
-            writes += _add_indexes(registry, table, idxs)
-            writes += _add_sequences(registry, table, seqs)
-            return writes
+            return writes + _add_dependents(registry, table, cons, idxs, seqs)
         case DropTable(physical, cascaded):
             writes = registry.drop(_table(registry, physical).id)
             return writes + _drop_constraints(registry, cascaded)
@@ -228,10 +230,7 @@ def writes_for(registry: Registry, change: CatalogChange) -> list[Write]:
                 position=_next_position(registry, table),
                 policy=_policy(col),
             ).writes
-            writes += _add_constraints(registry, table, cons)
-            writes += _add_indexes(registry, table, idxs)
-            writes += _add_sequences(registry, table, seqs)
-            return writes
+            return writes + _add_dependents(registry, table, cons, idxs, seqs)
         case DropColumn(physical, column, cons, idxs, _seqs):
             # Owned sequences are the column's children: they go with it.
             table = _table(registry, physical)
@@ -258,10 +257,10 @@ def writes_for(registry: Registry, change: CatalogChange) -> list[Write]:
             holder = _relation(registry, idx.table, (Kind.TABLE, Kind.MATVIEW))
             return _add_indexes(registry, holder, [idx])
         case DropIndex(_physical, index, cascaded):
-            writes = registry.drop(_index(registry, index).id)
+            writes = registry.drop(_registered(registry, index, Kind.INDEX).id)
             return writes + _drop_constraints(registry, cascaded)
         case RenameIndex(_physical, index, new_name):
-            return registry.rename(_index(registry, index).id, new_name)
+            return registry.rename(_registered(registry, index, Kind.INDEX).id, new_name)
         case CreateView(rel):
             view, writes = registry.add(_VIEW_KINDS[rel.kind], rel.name, schema=rel.schema,
                                         physical_name=rel.physical)  # fmt: skip

@@ -9,28 +9,35 @@ database from a migration job.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import psycopg
 
 from pgcloak.crypto.keys import MasterKey
-from pgcloak.registry.catalog import LOAD_STATEMENTS, Loaded, parse_load, writes_for
+from pgcloak.registry.catalog import LOAD_SQL, Loaded, parse_load, writes_for
 from pgcloak.rewriter import CloakError, Rewriter
 from pgcloak.rewriter.overlay import OverlayCatalog
 
-__all__ = ["load_registry", "run_cloaked"]
+__all__ = ["TextRows", "load_registry", "run_cloaked", "text_result_sets"]
 
 Conn = psycopg.Connection[Any]
 
 
-def _text_results(conn: Conn, statements: Iterable[str]) -> list[list[list[str | None]]]:
-    out: list[list[list[str | None]]] = []
+TextRows = list[list[str | None]]
+
+
+def text_result_sets(conn: Conn, query: str | bytes) -> list[TextRows]:
+    """Every result set of one simple Query, values in text format as the proxy sees them.
+
+    Tests and benchmarks read LOAD_SQL's answer through this too, so what they
+    parse is exactly what `parse_load` gets in the proxy.
+    """
+    out: list[TextRows] = []
     with conn.cursor() as cur:
-        for stmt in statements:
-            cur.execute(stmt)
+        cur.execute(query)
+        while True:
             res = cur.pgresult
-            rows: list[list[str | None]] = []
+            rows: TextRows = []
             if res is not None:
                 for r in range(res.ntuples):
                     row: list[str | None] = []
@@ -39,12 +46,14 @@ def _text_results(conn: Conn, statements: Iterable[str]) -> list[list[list[str |
                         row.append(None if v is None else v.decode())
                     rows.append(row)
             out.append(rows)
+            if not cur.nextset():
+                break
     return out
 
 
 def load_registry(conn: Conn, master: MasterKey) -> Loaded:
-    """The registry and catalog of the connected database (in its current transaction)."""
-    return parse_load(_text_results(conn, LOAD_STATEMENTS), master)
+    """The registry and catalog of the connected database (LOAD_SQL in one Query, as the proxy)."""
+    return parse_load(text_result_sets(conn, LOAD_SQL), master)
 
 
 def run_cloaked(conn: Conn, sql: str, master: MasterKey) -> int:

@@ -27,6 +27,7 @@ from pgcloak.rewriter.catalog import (
     creation_schema,
 )
 from pgcloak.rewriter.ddl import TableBuilder, new_column
+from pgcloak.rewriter.ddl_misc import drop_objects
 from pgcloak.rewriter.dml import item_starts
 from pgcloak.rewriter.plan import CloakError
 from pgcloak.rewriter.scope import Col, Item, Node, Scope, figure_colname
@@ -264,28 +265,15 @@ def drop(a: Analyzer, body: Node) -> None:
     if body.get("removeType") != "OBJECT_TABLE":
         _check_names(a, body, "DROP of this object type")
         return
-    ts = a.ts
-    tok = a.lo + 2  # DROP TABLE
-    if ts.name(tok) == "IF_P":
-        tok += 2
     cascade = body.get("behavior") == "DROP_CASCADE"
     dropped: list[Relation] = []
-    for k, obj in enumerate(body.get("objects", ())):
-        parts = [_sval(p) for p in obj["List"]["items"]]
-        if k:
-            if ts.name(tok) != _COMMA:
-                raise _locate_error()
-            tok += 1
-        toks = [ts.expect(tok + 2 * j, p) for j, p in enumerate(parts)]
-        a.kept.update(toks[:-1])
-        tok = toks[-1] + 1
-        rel = a.find(parts[-2] if len(parts) > 1 else None, parts[-1])
+    for schema, name, tok in drop_objects(a, body, a.lo + 2):  # DROP TABLE
+        rel = a.find(schema, name)
         if rel is None:
-            a.uncloaked(parts[-2] if len(parts) > 1 else None, parts[-1], toks[-1],
-                        bool(body.get("missing_ok")))  # fmt: skip
+            a.uncloaked(schema, name, tok, bool(body.get("missing_ok")))
             continue
         a.touch(rel)
-        a.edits.set(toks[-1], rel.physical)
+        a.edits.set(tok, rel.physical)
         dropped.append(rel)
     gone = {r.physical for r in dropped}
     for rel in dropped:

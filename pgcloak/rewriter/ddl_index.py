@@ -29,7 +29,13 @@ from pgcloak.rewriter.catalog import (
     StandaloneSequence,
     uncloaked_exists,
 )
-from pgcloak.rewriter.ddl_misc import Found, check_unmentioned, lookup, relation_tokens
+from pgcloak.rewriter.ddl_misc import (
+    Found,
+    check_unmentioned,
+    drop_objects,
+    lookup,
+    relation_tokens,
+)
 from pgcloak.rewriter.plan import CloakError
 from pgcloak.rewriter.scope import Node
 
@@ -39,7 +45,6 @@ if TYPE_CHECKING:
 __all__ = ["handler"]
 
 Handler = Callable[["Analyzer", Node], None]
-_COMMA, _SEMI = "ASCII_44", "ASCII_59"
 # DROP INDEX of another kind of relation: PostgreSQL's hint (DropErrorMsgWrongType).
 _DROP_HINTS = {
     "t": "Use DROP TABLE to remove a table.",
@@ -49,10 +54,6 @@ _DROP_HINTS = {
 }
 
 
-def _sval(node: Node) -> str:
-    return str(node["String"]["sval"])
-
-
 def handler(kind: str, body: Node) -> Handler | None:
     """The function planning this statement, if it is one this module handles."""
     if kind == "DropStmt" and body.get("removeType") == "OBJECT_INDEX":
@@ -60,10 +61,6 @@ def handler(kind: str, body: Node) -> Handler | None:
     if kind == "RenameStmt" and body.get("renameType") == "OBJECT_INDEX":
         return rename
     return None
-
-
-def _locate_error() -> CloakError:
-    return CloakError("0A000", "pgcloak could not locate a name in the statement")
 
 
 def _index(a: Analyzer, found: Found) -> Index | None:
@@ -155,35 +152,23 @@ class _Target:
 
 def drop(a: Analyzer, body: Node) -> None:
     """DROP INDEX [CONCURRENTLY] [IF EXISTS] name, ... [CASCADE | RESTRICT]."""
-    ts = a.ts
-    tok = a.lo + 2  # DROP INDEX
-    if ts.name(tok) == "CONCURRENTLY":
-        tok += 1
-    if ts.name(tok) == "IF_P":
-        tok += 2
+    first = a.lo + 2  # DROP INDEX
+    if a.ts.name(first) == "CONCURRENTLY":
+        first += 1
     targets: list[_Target] = []
-    for k, obj in enumerate(body.get("objects", ())):
-        parts = [_sval(p) for p in obj["List"]["items"]]
-        if k:
-            if ts.name(tok) != _COMMA:
-                raise _locate_error()
-            tok += 1
-        toks = [ts.expect(tok + 2 * j, p) for j, p in enumerate(parts)]
-        a.kept.update(toks[:-1])
-        tok = toks[-1] + 1
-        schema, name = (parts[-2] if len(parts) > 1 else None), parts[-1]
+    for schema, name, tok in drop_objects(a, body, first):
         found = lookup(a, schema, name)
         missing = False
         if found is None:
             missing = uncloaked_exists(a.catalog, schema, name, a.search_path) is False
-            a.kept.add(toks[-1])
+            a.kept.add(tok)
         else:
             a.touched = True
             a.sensitive.add(name)
             if found.relation is not None:
                 a.touch(found.relation)
-            a.edits.set(toks[-1], found.physical)
-        targets.append(_Target(name, found, missing, toks[-1]))
+            a.edits.set(tok, found.physical)
+        targets.append(_Target(name, found, missing, tok))
     if not a.touched:
         return  # nothing cloaked (temporary indexes included): the server's business
     _check_drop(a, body, targets)

@@ -10,7 +10,7 @@ rewritten; roles are not cloaked.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,15 @@ from pgcloak.rewriter.scope import Node
 if TYPE_CHECKING:
     from pgcloak.rewriter.query import QueryAnalyzer as Analyzer
 
-__all__ = ["Found", "check_unmentioned", "comment", "grant", "lookup", "relation_tokens"]
+__all__ = [
+    "Found",
+    "check_unmentioned",
+    "comment",
+    "drop_objects",
+    "grant",
+    "lookup",
+    "relation_tokens",
+]
 
 _LPAR, _COMMA = "ASCII_40", "ASCII_44"
 _WORD = re.compile(r"[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*")
@@ -91,12 +99,35 @@ def relation_tokens(a: Analyzer, rv: Node) -> tuple[str | None, str, list[int]]:
     return schema, name, toks
 
 
+def drop_objects(a: Analyzer, body: Node, tok: int) -> Iterator[tuple[str | None, str, int]]:
+    """(schema, name, name token) of each object a DropStmt lists, in order.
+
+    `tok` is the token after DROP <kind> [CONCURRENTLY]; IF EXISTS is skipped and
+    the qualifying tokens are kept as written. Shared by every DROP handler so
+    they all walk the comma-separated list the same way.
+    """
+    ts = a.ts
+    if ts.name(tok) == "IF_P":
+        tok += 2
+    for k, obj in enumerate(body.get("objects", ())):
+        parts = [_sval(p) for p in obj["List"]["items"]]
+        if k:
+            if ts.name(tok) != _COMMA:
+                raise CloakError("0A000", "pgcloak could not locate a name in the statement")
+            tok += 1
+        toks = [ts.expect(tok + 2 * j, p) for j, p in enumerate(parts)]
+        a.kept.update(toks[:-1])
+        tok = toks[-1] + 1
+        yield (parts[-2] if len(parts) > 1 else None), parts[-1], toks[-1]
+
+
 def check_unmentioned(a: Analyzer, node: Any, what: str) -> None:
     """A statement left as the client wrote it: refuse if it spells any cloaked name.
 
-    Like the rewriter's generic rule: identifiers and the words of string literals
-    are compared with the cloaked relation/constraint names (the text is sent
-    unchanged, so edits the analyzer planned do not count).
+    The rewriter's generic rule for statements it does not rewrite, and the DDL
+    handlers' for the forms they pass through: identifiers and the words of string
+    literals are compared with the cloaked relation/constraint names (the text is
+    sent unchanged, so edits the analyzer planned do not count).
     """
     sens = a.catalog.sensitive_names()
     ts = a.ts

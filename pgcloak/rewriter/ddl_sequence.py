@@ -31,7 +31,13 @@ from pgcloak.rewriter.catalog import (
     uncloaked_exists,
 )
 from pgcloak.rewriter.ddl import uncloaked_create
-from pgcloak.rewriter.ddl_misc import Found, check_unmentioned, lookup, relation_tokens
+from pgcloak.rewriter.ddl_misc import (
+    Found,
+    check_unmentioned,
+    drop_objects,
+    lookup,
+    relation_tokens,
+)
 from pgcloak.rewriter.ddl_view import cascade, refuse_uncloaked_dependents
 from pgcloak.rewriter.plan import CloakError
 from pgcloak.rewriter.scope import Node
@@ -42,7 +48,6 @@ if TYPE_CHECKING:
 __all__ = ["handler"]
 
 Handler = Callable[["Analyzer", Node], None]
-_COMMA = "ASCII_44"
 # ALTER SEQUENCE forms that parse as AlterTableStmt and name nothing but the sequence.
 _ALTER_CMDS = frozenset({"AT_ChangeOwner", "AT_SetLogged", "AT_SetUnLogged"})
 Owner = tuple[str, str]  # (table physical, column physical)
@@ -237,34 +242,21 @@ def rename(a: Analyzer, body: Node) -> None:
 
 def drop(a: Analyzer, body: Node) -> None:
     """DROP SEQUENCE; with CASCADE also the cloaked views using the sequences."""
-    ts = a.ts
-    tok = a.lo + 2  # DROP SEQUENCE
-    if ts.name(tok) == "IF_P":
-        tok += 2
     missing_ok = bool(body.get("missing_ok"))
     dropped: list[AnySequence] = []
     uncloaked: list[str] = []
-    for k, obj in enumerate(body.get("objects", ())):
-        parts = [_sval(p) for p in obj["List"]["items"]]
-        if k:
-            if ts.name(tok) != _COMMA:
-                raise CloakError("0A000", "pgcloak could not locate a name in the statement")
-            tok += 1
-        toks = [ts.expect(tok + 2 * j, p) for j, p in enumerate(parts)]
-        a.kept.update(toks[:-1])
-        tok = toks[-1] + 1
-        schema, name = (parts[-2] if len(parts) > 1 else None), parts[-1]
+    for schema, name, tok in drop_objects(a, body, a.lo + 2):  # DROP SEQUENCE
         found = lookup(a, schema, name)
         if found is None:
             if not missing_ok and uncloaked_exists(a.catalog, schema, name, a.search_path) is False:
                 a.touched = True
                 raise CloakError("42P01", f'sequence "{name}" does not exist')
-            a.uncloaked(schema, name, toks[-1], missing_ok, kind="s")
+            a.uncloaked(schema, name, tok, missing_ok, kind="s")
             uncloaked.append(name)
             continue
         a.touched = True
         a.sensitive.add(name)
-        a.edits.set(toks[-1], found.physical)
+        a.edits.set(tok, found.physical)
         if found.kind != "s":
             raise _not_a_sequence(name)
         dropped.append(_sequence(a, found, name))

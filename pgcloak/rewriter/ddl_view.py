@@ -31,7 +31,13 @@ from pgcloak.rewriter.catalog import (
     uncloaked_exists,
 )
 from pgcloak.rewriter.ddl import new_column, uncloaked_create
-from pgcloak.rewriter.ddl_misc import Found, check_unmentioned, lookup, relation_tokens
+from pgcloak.rewriter.ddl_misc import (
+    Found,
+    check_unmentioned,
+    drop_objects,
+    lookup,
+    relation_tokens,
+)
 from pgcloak.rewriter.plan import CloakError
 from pgcloak.rewriter.scope import Node
 
@@ -41,7 +47,6 @@ if TYPE_CHECKING:
 __all__ = ["cascade", "create_relation", "handler", "refuse_uncloaked_dependents"]
 
 Handler = Callable[["Analyzer", Node], None]
-_LPAR, _RPAR, _COMMA = "ASCII_40", "ASCII_41", "ASCII_44"
 _VIEW_TYPES = ("OBJECT_VIEW", "OBJECT_MATVIEW")
 _CASCADING = ("AT_DropColumn", "AT_DropConstraint")
 # Functions taking a regclass: a string constant argument becomes a regclass constant,
@@ -348,39 +353,27 @@ def refuse_uncloaked_dependents(a: Analyzer, names: list[str], what: str) -> Non
 
 
 def drop_view(a: Analyzer, body: Node) -> None:
-    ts = a.ts
     matview = body["removeType"] == "OBJECT_MATVIEW"
     label = "materialized view" if matview else "view"
     want = "m" if matview else "v"
-    tok = a.lo + (3 if matview else 2)  # DROP [MATERIALIZED] VIEW
-    if ts.name(tok) == "IF_P":
-        tok += 2
     missing_ok = bool(body.get("missing_ok"))
     dropped: list[str] = []
     uncloaked: list[str] = []
-    for k, obj in enumerate(body.get("objects", ())):
-        parts = [_sval(p) for p in obj["List"]["items"]]
-        if k:
-            if ts.name(tok) != _COMMA:
-                raise CloakError("0A000", "pgcloak could not locate a name in the statement")
-            tok += 1
-        toks = [ts.expect(tok + 2 * j, p) for j, p in enumerate(parts)]
-        a.kept.update(toks[:-1])
-        tok = toks[-1] + 1
-        schema, name = (parts[-2] if len(parts) > 1 else None), parts[-1]
+    first = a.lo + (3 if matview else 2)  # DROP [MATERIALIZED] VIEW
+    for schema, name, tok in drop_objects(a, body, first):
         found = lookup(a, schema, name)
         if found is None:
             if not missing_ok and uncloaked_exists(a.catalog, schema, name, a.search_path) is False:
                 a.touched = True
                 raise CloakError("42P01", f'{label} "{name}" does not exist')
-            a.uncloaked(schema, name, toks[-1], missing_ok)
+            a.uncloaked(schema, name, tok, missing_ok)
             uncloaked.append(name)
             continue
         a.touched = True
         a.sensitive.add(name)
-        a.edits.set(toks[-1], found.physical)
+        a.edits.set(tok, found.physical)
         if found.kind != want:
-            raise CloakError("42809", f'"{name}" is not a {label}', ts.pos(toks[-1]))
+            raise CloakError("42809", f'"{name}" is not a {label}', a.ts.pos(tok))
         dropped.append(found.physical)
     what = "DROP MATERIALIZED VIEW" if matview else "DROP VIEW"
     if body.get("behavior") == "DROP_CASCADE":

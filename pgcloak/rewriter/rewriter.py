@@ -25,6 +25,7 @@ from pgcloak.rewriter import (
     ddl_alter,
     ddl_create,
     ddl_index,
+    ddl_misc,
     ddl_view,
     encrypted,
     prepare,
@@ -47,7 +48,6 @@ _PASSTHROUGH = frozenset(
 _QUERIES = frozenset({"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
 _CATALOG_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
 _ANCHORED = re.compile(r"\^\((.*)\)\$")
-_WORD = re.compile(r"[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*")
 
 
 def _parse(sql: str) -> tuple[list[dict[str, Any]], list[int]]:
@@ -68,7 +68,9 @@ def _parse(sql: str) -> tuple[list[dict[str, Any]], list[int]]:
     except parser.ParseError as exc:
         message = str(exc.args[0]) if exc.args else "syntax error"
         pos = exc.args[1] + 1 if len(exc.args) > 1 and isinstance(exc.args[1], int) else None
-        raise CloakError("42601", message, pos) from None
+        # The scanner's own errors keep PostgreSQL's SQLSTATEs (E'\\xe9' in UTF-8: 22021).
+        sqlstate = "22021" if message.startswith("invalid byte sequence") else "42601"
+        raise CloakError(sqlstate, message, pos) from None
     stmts: list[dict[str, Any]] = tree.get("stmts", [])
     return stmts, sorted(names)
 
@@ -175,7 +177,7 @@ def _plan_statement(
     elif kind in prepare.KINDS:
         out, returns_rows = prepare.analyze(a, kind, body)
     elif kind not in _PASSTHROUGH:
-        _generic(a, stmt, kind)
+        ddl_misc.check_unmentioned(a, stmt, kind)  # the generic rule
     source = ts.text[start:end]
     if a.touched and a.deferred is not None:
         raise a.deferred
@@ -239,26 +241,6 @@ def _catalog_literals(a: QueryAnalyzer) -> EditSet:
                 edits.replace[i] = "'" + (f"^({physical})$" if anchored else physical) + "'"
                 break
     return edits
-
-
-def _generic(a: QueryAnalyzer, stmt: dict[str, Any], kind: str) -> None:
-    """A statement pgcloak does not rewrite: allowed only if it names no cloaked object."""
-    sens = a.catalog.sensitive_names()
-    hit = a.mentions_cloaked(stmt)
-    ts = a.ts
-    for i in range(a.lo, a.hi):
-        if hit:
-            break
-        tok = ts.toks[i]
-        if tok.name == "SCONST":
-            words = _WORD.findall(ts.raw(i))
-            hit = any(w in sens or w.lower() in sens for w in words)
-        else:
-            value = ts.value(i)
-            hit = value is not None and value in sens
-    if hit:
-        a.touched = True
-        raise CloakError("0A000", f"pgcloak does not support {kind} on cloaked objects")
 
 
 def _all_names_resolved(a: QueryAnalyzer, names: list[int]) -> None:
