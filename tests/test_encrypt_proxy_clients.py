@@ -24,7 +24,6 @@ import asyncpg
 import psycopg
 import pytest
 from encrypt_support import (
-    BUGS,
     MARK_DATE,
     MARK_INT,
     MARK_JSON,
