@@ -3,9 +3,10 @@
 
 Builds a realistic catalog the way the proxy does: a scratch database gets the pgcloak
 registry, pgbench's and a small shop schema's DDL are planned by `Rewriter` and sent with
-their registry writes, and the catalog is then loaded back with the proxy's own in-band
-load (`pgcloak.registry.catalog.LOAD_SQL` + `parse_load`). No proxy process and no
-network on the measured path: only `Rewriter.plan()` in this process.
+their registry writes (`pgcloak.registry.direct.run_cloaked`), and the catalog is then
+loaded back with the proxy's own in-band load (LOAD_SQL + `parse_load`, via
+`load_registry`). No proxy process and no network on the measured path: only
+`Rewriter.plan()` in this process.
 
 Per statement it reports the median (and p90) microseconds of:
 
@@ -39,14 +40,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from pgcloak.crypto.keys import MasterKey, new_master_key  # noqa: E402
-from pgcloak.registry.catalog import (  # noqa: E402
-    LOAD_SQL,
-    RegistryCatalog,
-    parse_load,
-    writes_for_all,
-)
+from pgcloak.registry.catalog import RegistryCatalog  # noqa: E402
+from pgcloak.registry.direct import load_registry, run_cloaked  # noqa: E402
 from pgcloak.registry.install import install  # noqa: E402
-from pgcloak.registry.store import Registry  # noqa: E402
 from pgcloak.rewriter import Rewriter  # noqa: E402
 
 DDL = (
@@ -102,28 +98,6 @@ STATEMENTS: dict[str, str] = {
 }
 
 
-def _result_sets(conn: psycopg.Connection[Any], query: str) -> list[list[list[str | None]]]:
-    """Every result set of a multi-statement simple Query as text values (like the proxy)."""
-    sets: list[list[list[str | None]]] = []
-    with conn.cursor() as cur:
-        cur.execute(query.encode())
-        while True:
-            res = cur.pgresult
-            assert res is not None
-            sets.append(
-                [
-                    [
-                        None if (v := res.get_value(r, c)) is None else v.decode()
-                        for c in range(res.nfields)
-                    ]
-                    for r in range(res.ntuples)
-                ]
-            )
-            if not cur.nextset():
-                break
-    return sets
-
-
 def build_catalog(conninfo: str, dbname: str) -> RegistryCatalog:
     """Create `dbname` (dropped first), cloak DDL into it, load it back as the proxy does."""
     master = MasterKey.from_base64(new_master_key())
@@ -134,17 +108,8 @@ def build_catalog(conninfo: str, dbname: str) -> RegistryCatalog:
     db = psycopg.conninfo.make_conninfo(conninfo, dbname=dbname)
     with psycopg.connect(db, autocommit=True) as conn:
         install(conn, master)
-        loaded = parse_load(_result_sets(conn, LOAD_SQL), master)
-        registry: Registry = loaded.registry
-        catalog = loaded.catalog
-        rewriter = Rewriter()
-        for ddl in DDL:
-            for plan in rewriter.plan(ddl, catalog):
-                writes = writes_for_all(registry, plan.changes)
-                parts = ([plan.sql] if plan.sql is not None else []) + [w.inline() for w in writes]
-                conn.execute(";\n".join(parts).encode())
-                catalog.apply_all(plan.changes)
-        loaded = parse_load(_result_sets(conn, LOAD_SQL), master)
+        run_cloaked(conn, ";\n".join(DDL), master)
+        loaded = load_registry(conn, master)
     if loaded.drift:
         raise SystemExit(f"registry and catalog disagree: {loaded.drift}")
     return loaded.catalog

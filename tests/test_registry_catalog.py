@@ -20,7 +20,6 @@ from helpers import PgServer
 
 from pgcloak.crypto.keys import MasterKey, new_master_key
 from pgcloak.registry.catalog import (
-    LOAD_RESULT_SETS,
     LOAD_SQL,
     Loaded,
     RegistryCatalog,
@@ -29,12 +28,12 @@ from pgcloak.registry.catalog import (
     snapshot_covers,
     writes_for_all,
 )
+from pgcloak.registry.direct import load_registry, text_result_sets
 from pgcloak.registry.install import install
 from pgcloak.registry.store import Registry, key_check_write
 from pgcloak.rewriter import CloakError, Plan, Rewriter
 
 Conn = psycopg.Connection[tuple[Any, ...]]
-Sets = list[list[list[str | None]]]
 
 MASTER = MasterKey.from_base64(new_master_key())
 
@@ -107,31 +106,8 @@ def conn(pg: PgServer, db_factory: Callable[..., str]) -> Iterator[Conn]:
         yield c
 
 
-def _result_sets(conn: Conn, sql: str = LOAD_SQL) -> Sets:
-    """Every result set as the text-format DataRows a simple Query returns."""
-    sets: Sets = []
-    with conn.cursor() as cur:
-        cur.execute(sql)
-        while True:
-            res = cur.pgresult
-            assert res is not None
-            sets.append(
-                [
-                    [
-                        None if (v := res.get_value(r, c)) is None else v.decode()
-                        for c in range(res.nfields)
-                    ]
-                    for r in range(res.ntuples)
-                ]
-            )
-            if not cur.nextset():
-                break
-    assert len(sets) == LOAD_RESULT_SETS
-    return sets
-
-
 def _load(conn: Conn, master: MasterKey = MASTER) -> Loaded:
-    return parse_load(_result_sets(conn), master)
+    return load_registry(conn, master)
 
 
 def _execute(conn: Conn, plan: Plan, registry: Registry, catalog: RegistryCatalog) -> None:
@@ -158,6 +134,15 @@ def _describe(cat: RegistryCatalog) -> dict[str, Any]:
         "constraint_names": {s: set(cat.constraint_names(s)) for s in schemas},
         "sensitive": set(cat.sensitive_names()),
     }
+
+
+def _reload_matches(conn: Conn, registry: Registry, catalog: RegistryCatalog, sql: str) -> Loaded:
+    """Load the registry afresh after `sql`: it must equal the optimistically updated one."""
+    fresh = _load(conn)
+    assert fresh.drift == [], (sql, fresh.drift)
+    assert {o.id: o for o in fresh.registry} == {o.id: o for o in registry}, sql
+    assert _describe(fresh.catalog) == _describe(catalog), sql
+    return fresh
 
 
 _PHYSICAL = re.compile(r"[tciksvm][0-9a-f]{20}")
@@ -200,10 +185,7 @@ def test_catalog_round_trip(conn: Conn) -> None:
     for n, sql in enumerate(STEPS):
         (plan,) = rw.plan(sql, cat)
         _execute(conn, plan, reg, cat)
-        fresh = _load(conn)
-        assert fresh.drift == [], (sql, fresh.drift)
-        assert {o.id: o for o in fresh.registry} == {o.id: o for o in reg}, sql
-        assert _describe(fresh.catalog) == _describe(cat), sql
+        fresh = _reload_matches(conn, reg, cat, sql)
         assert fresh.catalog.version != cat.version
         if n + 1 < len(STEPS):
             following = STEPS[n + 1]
@@ -301,7 +283,7 @@ def test_tampered_rows_refused(conn: Conn) -> None:
         "WHERE (o.id, x.id) IN ((%s, %s), (%s, %s))",
         (a.id, b.id, b.id, a.id),
     )
-    sets = _result_sets(conn)
+    sets = text_result_sets(conn, LOAD_SQL)
     assert parse_load(sets, MASTER).registry.relation("public", "customers") is not None
     bad_version = [*sets[:1], [["9.9"]], *sets[2:]]
     with pytest.raises(RegistryUnavailable) as info:

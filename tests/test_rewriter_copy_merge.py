@@ -18,7 +18,16 @@ from typing import Any
 import psycopg
 import pytest
 from helpers import PgServer
-from test_rewriter_differential import SCHEMA, SEMANTIC_NAMES, Outcome, _catalog_texts, _run
+from test_rewriter_differential import (
+    SCHEMA,
+    SEMANTIC_NAMES,
+    Outcome,
+    _b_catalog,
+    _catalog_texts,
+    _differs,
+    _run,
+    _word_pattern,
+)
 
 from pgcloak.rewriter import CloakError, MemoryCatalog, Plan, Rewriter, plan_query
 
@@ -299,22 +308,16 @@ class CloakedSide:
 
 
 def _semantic_word() -> re.Pattern[str]:
-    names = SEMANTIC_NAMES + EXTRA_NAMES
-    return re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b", re.IGNORECASE)
+    return _word_pattern(SEMANTIC_NAMES + EXTRA_NAMES)
 
 
 def test_copy_merge_prepare_differential(pg: PgServer, db_factory: Callable[..., str]) -> None:
     db_a, db_b = db_factory(), db_factory()
-    system = pg.execute(
-        "SELECT n.nspname::text, c.relname::text FROM pg_class c "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace",
-        dbname=db_b,
-    )
     word = _semantic_word()
     mismatches: list[str] = []
     states: set[str] = set()
     with pg.connect(db_a) as conn_a, pg.connect(db_b) as conn_b:
-        b = CloakedSide(conn_b, MemoryCatalog(uncloaked=[(r[0], r[1]) for r in system]))
+        b = CloakedSide(conn_b, _b_catalog(pg, db_b))
         blobs_a: dict[str, bytes] = {}
         for step in [*SCHEMA, *EXTRA_SCHEMA, *SEED, *CORPUS]:
             if step == CHECK_PREPARED:
@@ -327,7 +330,7 @@ def test_copy_merge_prepare_differential(pg: PgServer, db_factory: Callable[...,
             out_a = _copy(conn_a, step, blobs_a) if isinstance(step, Copy) else _run(conn_a, step)
             out_b = b.run(step)
             states.add(out_a.sqlstate or "")
-            if out_a != out_b or (out_b.message is not None and out_b.message != out_a.message):
+            if _differs(out_a, out_b):
                 mismatches.append(f"{step}\n  A: {out_a}\n  B: {out_b}")
     assert not mismatches, "\n".join(mismatches)
     assert sum(1 for s in CORPUS if s != CHECK_PREPARED) >= 70

@@ -12,20 +12,22 @@ reload (LOAD_SQL), including what views read (CASCADE after a reload).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
-from typing import Any
 
-import psycopg
 import pytest
 from helpers import PgServer
 from test_rewriter_differential import (
+    _PHYSICAL,
     SCHEMA,
     SEMANTIC_NAMES,
     Outcome,
+    _b_catalog,
     _catalog_texts,
     _compare_names_with_postgres,
+    _differs,
     _run,
+    _run_cloaked,
+    _word_pattern,
 )
 
 from pgcloak.rewriter import CloakError, MemoryCatalog, Plan, Rewriter, plan_query
@@ -176,53 +178,6 @@ CORPUS = [
 
 # Temporary relations the session made: the proxy's TempCatalog tells the rewriter so.
 TEMPORARY = ["scratch_seq", "scratch_into", "scratch_view"]
-_PHYSICAL = re.compile(r"\b[tciksvm][0-9a-f]{20}\b")
-
-
-def _unmask(text: str, plan: Plan, cat: MemoryCatalog) -> str:
-    """A NOTICE from B with physical names shown as the client's (what the proxy does)."""
-    dummies = dict(plan.notice_names)
-
-    def name(m: re.Match[str]) -> str:
-        phys = m.group(0)
-        if phys in dummies:
-            return dummies[phys]
-        rel = cat.relation_by_physical(phys)
-        if rel is not None:
-            return rel.name
-        seq = cat.standalone_sequence(phys)
-        return seq.name if seq is not None else phys
-
-    return _PHYSICAL.sub(name, text)
-
-
-def _run_b(
-    conn: psycopg.Connection[Any],
-    sql: str,
-    rw: Rewriter,
-    cat: MemoryCatalog,
-    *,
-    sent: list[str],
-    notices: list[str],
-) -> Outcome:
-    try:
-        (plan,) = rw.plan(sql, cat)
-    except CloakError as exc:
-        return Outcome(sqlstate=exc.sqlstate, message=exc.message)
-    if plan.sql is None:
-        cat.apply_all(plan.changes)
-        return Outcome(tag=plan.command_tag)
-    sent.append(plan.sql)
-    first = len(notices)
-    out = _run(conn, plan.sql)
-    notices[first:] = [_unmask(n, plan, cat) for n in notices[first:]]
-    out.message = None
-    if out.sqlstate is None:
-        cat.apply_all(plan.changes)
-        if out.names is not None and plan.output_names is not None:
-            assert len(out.names) == len(plan.output_names), (sql, out.names, plan)
-            out.names = list(plan.output_names)
-    return out
 
 
 def _b_texts(pg: PgServer, db: str) -> list[str]:
@@ -236,20 +191,9 @@ def _b_texts(pg: PgServer, db: str) -> list[str]:
     return [r[0] for q in queries for r in pg.execute(q, dbname=db)]
 
 
-def _word_pattern(words: list[str]) -> re.Pattern[str]:
-    return re.compile(r"\b(" + "|".join(map(re.escape, words)) + r")\b", re.IGNORECASE)
-
-
 def test_creates_differential(pg: PgServer, db_factory: Callable[..., str]) -> None:
     db_a, db_b = db_factory(), db_factory()
-    system = pg.execute(
-        "SELECT n.nspname::text, c.relname::text FROM pg_class c "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace",
-        dbname=db_b,
-    )
-    cat = MemoryCatalog(
-        uncloaked=[(r[0], r[1]) for r in system] + [("public", t) for t in TEMPORARY]
-    )
+    cat = _b_catalog(pg, db_b, TEMPORARY)
     rw = Rewriter()
     sent: list[str] = []
     mismatches: list[str] = []
@@ -263,9 +207,9 @@ def test_creates_differential(pg: PgServer, db_factory: Callable[..., str]) -> N
             notices_a.clear()
             notices_b.clear()
             a = _run(conn_a, sql)
-            b = _run_b(conn_b, sql, rw, cat, sent=sent, notices=notices_b)
+            b = _run_cloaked(conn_b, sql, rw, cat, sent, notices=notices_b)
             outcomes.append((sql, a, b))
-            if a != b or (b.message is not None and b.message != a.message):
+            if _differs(a, b):
                 mismatches.append(f"{sql}\n  A: {a}\n  B: {b}")
             if notices_a != notices_b:
                 mismatches.append(f"{sql}\n  A notices: {notices_a}\n  B notices: {notices_b}")
@@ -503,7 +447,7 @@ def test_standalone_sequence_in_a_view_is_a_dependency() -> None:
 def test_registry_round_trip(pg: PgServer, db_factory: Callable[..., str]) -> None:
     """Sequence/CTAS/view changes become registry writes that reload into the same catalog,
     including what views read: CASCADE keeps working after a reload."""
-    from test_registry_catalog import MASTER, _describe, _execute, _load
+    from test_registry_catalog import MASTER, _execute, _load, _reload_matches
 
     from pgcloak.registry.install import install
     from pgcloak.registry.model import Kind
@@ -539,10 +483,7 @@ def test_registry_round_trip(pg: PgServer, db_factory: Callable[..., str]) -> No
         for sql in statements:
             (plan,) = rw.plan(sql, cat)
             _execute(conn, plan, reg, cat)
-            fresh = _load(conn)
-            assert fresh.drift == [], (sql, fresh.drift)
-            assert {o.id: o for o in fresh.registry} == {o.id: o for o in reg}, sql
-            assert _describe(fresh.catalog) == _describe(cat), sql
+            fresh = _reload_matches(conn, reg, cat, sql)
             seqs = [o.physical_name for o in reg if o.kind == Kind.SEQUENCE]
             assert [fresh.catalog.standalone_sequence(p) for p in seqs] == [
                 cat.standalone_sequence(p) for p in seqs

@@ -11,15 +11,12 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Callable, Iterator
-from typing import Any
 
-import psycopg
 import pytest
 from helpers import PgServer
 from psycopg import pq
+from test_registry_catalog import MASTER, Conn, _execute, _load
 
-from pgcloak.crypto.keys import MasterKey, new_master_key
-from pgcloak.registry.catalog import LOAD_RESULT_SETS, LOAD_SQL, parse_load, writes_for_all
 from pgcloak.registry.install import install
 from pgcloak.rewriter import CloakError, MemoryCatalog, Plan, Rewriter, plan_query
 from pgcloak.rewriter.catalog import (
@@ -692,37 +689,12 @@ def test_no_rules_no_encryption() -> None:
 
 # -- against PostgreSQL: bytea columns and the registry round trip ------------------------
 
-MASTER = MasterKey.from_base64(new_master_key())
-Conn = psycopg.Connection[tuple[Any, ...]]
-
 
 @pytest.fixture
 def conn(pg: PgServer, db_factory: Callable[..., str]) -> Iterator[Conn]:
     with pg.connect(db_factory()) as c:
         install(c, MASTER)
         yield c
-
-
-def _load(conn: Conn) -> Any:
-    sets: list[list[list[str | None]]] = []
-    with conn.cursor() as cur:
-        cur.execute(LOAD_SQL)
-        while True:
-            res = cur.pgresult
-            assert res is not None
-            sets.append(
-                [
-                    [
-                        None if (v := res.get_value(r, c)) is None else v.decode()
-                        for c in range(res.nfields)
-                    ]
-                    for r in range(res.ntuples)
-                ]
-            )
-            if not cur.nextset():
-                break
-    assert len(sets) == LOAD_RESULT_SETS
-    return parse_load(sets, MASTER)
 
 
 def test_registry_round_trip_keeps_policies(conn: Conn) -> None:
@@ -736,10 +708,7 @@ def test_registry_round_trip_keeps_policies(conn: Conn) -> None:
     ]
     for sql in steps:
         (plan,) = rw.plan(sql, cat)
-        writes = writes_for_all(reg, plan.changes)
-        parts = ([plan.sql] if plan.sql is not None else []) + [w.inline() for w in writes]
-        conn.execute(";\n".join(parts).encode())
-        cat.apply_all(plan.changes)
+        _execute(conn, plan, reg, cat)
     fresh = _load(conn)
     assert fresh.drift == []
     for name in ("customers", "orders", "tags", "tag_links", "customer_mails"):
@@ -780,8 +749,7 @@ def test_malformed_policy_is_refused(conn: Conn) -> None:
     loaded = _load(conn)
     reg, cat = loaded.registry, loaded.catalog
     (plan,) = Rewriter(encrypt_rules=rules).plan(SCHEMA[2], cat)
-    writes = writes_for_all(reg, plan.changes)
-    conn.execute(";\n".join([plan.sql or "", *(w.inline() for w in writes)]).encode())
+    _execute(conn, plan, reg, cat)
     conn.execute("UPDATE pgcloak.objects SET policy = '{\"mode\": \"rot13\"}' WHERE kind = 'c' "
                  "AND policy IS NOT NULL")  # fmt: skip
     from pgcloak.registry.catalog import RegistryUnavailable
@@ -812,9 +780,7 @@ def test_rewritten_statements_run_on_bytea(conn: Conn) -> None:
     rw = Rewriter(encrypt_rules=rules)
     for sql in SCHEMA:
         (plan,) = rw.plan(sql, cat)
-        writes = writes_for_all(reg, plan.changes)
-        conn.execute(";\n".join([plan.sql or "", *(w.inline() for w in writes)]).encode())
-        cat.apply_all(plan.changes)
+        _execute(conn, plan, reg, cat)
     statements = [
         "INSERT INTO customers (email, notes, balance) VALUES ('a', $1::text, -1.5), "
         "($2::VARCHAR, NULL::text, DEFAULT)",

@@ -9,14 +9,11 @@ that would show physical field names, D9 values naming cloaked relations
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
-import psycopg
 import pytest
 from helpers import PgServer
+from test_registry_catalog import MASTER, Conn, _execute, _load
 
-from pgcloak.crypto.keys import MasterKey, new_master_key
-from pgcloak.registry.catalog import LOAD_SQL, Loaded, parse_load, writes_for_all
 from pgcloak.registry.install import install
 from pgcloak.rewriter import CloakError, MemoryCatalog, Plan, plan_query
 from pgcloak.rewriter.catalog import (
@@ -329,30 +326,12 @@ def test_relation_names_in_values_are_mapped_back(cat: MemoryCatalog) -> None:
 
 # -- D6: registry writes ---------------------------------------------------------------------
 
-MASTER = MasterKey.from_base64(new_master_key())
-Conn = psycopg.Connection[tuple[Any, ...]]
-
 
 @pytest.fixture
 def conn(pg: PgServer, db_factory: Callable[..., str]) -> Iterator[Conn]:
     with pg.connect(db_factory()) as c:
         install(c, MASTER)
         yield c
-
-
-def _load(conn: Conn) -> Loaded:
-    """The registry and catalog as the proxy loads them (one simple Query)."""
-    with conn.cursor() as cur:
-        cur.execute(LOAD_SQL.encode())
-        sets: list[list[list[str | None]]] = []
-        while True:
-            res = cur.pgresult
-            assert res is not None
-            sets.append([[None if (v := res.get_value(r, c)) is None else v.decode()
-                          for c in range(res.nfields)] for r in range(res.ntuples)])  # fmt: skip
-            if not cur.nextset():
-                break
-    return parse_load(sets, MASTER)
 
 
 def test_index_changes_reach_the_registry(conn: Conn) -> None:
@@ -369,9 +348,7 @@ def test_index_changes_reach_the_registry(conn: Conn) -> None:
     ]:
         loaded = _load(conn)
         (plan,) = plan_query(sql, loaded.catalog)
-        writes = writes_for_all(loaded.registry, plan.changes)
-        parts = ([plan.sql] if plan.sql is not None else []) + [w.inline() for w in writes]
-        conn.execute(";\n".join(parts).encode())
+        _execute(conn, plan, loaded.registry, loaded.catalog)
     loaded = _load(conn)
     catalog = loaded.catalog
     makers = catalog.relation("public", "makers")

@@ -16,7 +16,16 @@ from collections.abc import Callable
 
 import pytest
 from helpers import PgServer
-from test_rewriter_differential import SCHEMA, SEMANTIC_NAMES, Outcome, _catalog_texts, _run
+from test_rewriter_differential import (
+    SCHEMA,
+    SEMANTIC_NAMES,
+    Outcome,
+    _b_catalog,
+    _catalog_texts,
+    _differs,
+    _run,
+    _word_pattern,
+)
 from test_rewriter_differential import _run_cloaked as _run_b
 
 from pgcloak.rewriter import CloakError, MemoryCatalog, Rewriter, plan_query
@@ -280,20 +289,11 @@ def _compare_views(pg: PgServer, db: str, cat: MemoryCatalog) -> int:
     return len(views)
 
 
-def _word_pattern(words: list[str]) -> re.Pattern[str]:
-    return re.compile(r"\b(" + "|".join(map(re.escape, words)) + r")\b", re.IGNORECASE)
-
-
 def test_views_comments_grants_differential(pg: PgServer, db_factory: Callable[..., str]) -> None:
     db_a, db_b = db_factory(), db_factory()
     role = f"pgcloak_v_{uuid.uuid4().hex[:8]}"
     pg.execute(f"CREATE ROLE {role}")
-    system = pg.execute(
-        "SELECT n.nspname::text, c.relname::text FROM pg_class c "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace",
-        dbname=db_b,
-    )
-    cat = MemoryCatalog(uncloaked=[(r[0], r[1]) for r in system])
+    cat = _b_catalog(pg, db_b)
     rw = Rewriter()
     sent: list[str] = []
     mismatches: list[str] = []
@@ -311,7 +311,7 @@ def test_views_comments_grants_differential(pg: PgServer, db_factory: Callable[.
                 a = _run(conn_a, sql)
                 b = _run_b(conn_b, sql, rw, cat, sent)
                 outcomes.append((sql, a, b))
-                if a != b or (b.message is not None and b.message != a.message):
+                if _differs(a, b):
                     mismatches.append(f"{sql}\n  A: {a}\n  B: {b}")
             assert not mismatches, "\n".join(mismatches)
             assert views_checked >= 4
@@ -539,7 +539,7 @@ def test_comment_text_never_in_plan() -> None:
 
 def test_registry_round_trip(pg: PgServer, db_factory: Callable[..., str]) -> None:
     """View/comment changes become registry writes that load back into the same catalog."""
-    from test_registry_catalog import MASTER, _execute, _load
+    from test_registry_catalog import MASTER, _execute, _load, _reload_matches
 
     from pgcloak.registry.install import install
     from pgcloak.registry.model import Kind
@@ -572,9 +572,7 @@ def test_registry_round_trip(pg: PgServer, db_factory: Callable[..., str]) -> No
         for sql in statements:
             (plan,) = rw.plan(sql, cat)
             _execute(conn, plan, reg, cat)
-        fresh = _load(conn)
-        assert fresh.drift == []
-        assert {o.id: o for o in fresh.registry} == {o.id: o for o in reg}
+        fresh = _reload_matches(conn, reg, cat, statements[-1])
         comments = {o.name: o.comment for o in fresh.registry if o.comment is not None}
         assert comments == {
             "orders_pkey": "confidential key",
