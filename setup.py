@@ -39,7 +39,13 @@ def _ext_modules() -> list[object]:
     for ext in modules:
         ext.optional = True  # no compiler: install the pure-Python modules instead
     # Recorded so that pgcloak.proxy can tell a stale extension from a fresh one.
-    digests = {Path(p).stem: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in HOT_PATH}
+    # Every module of the package: compiled code calls the others, so any edit counts.
+    sources = sorted(Path("pgcloak/proxy").glob("*.py"))
+    digests = {
+        p.stem: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sources
+        if p.name != "__init__.py"
+    }
     Path("pgcloak/proxy/_compiled.json").write_text(json.dumps(digests, indent=1) + "\n")
     return modules
 

@@ -31,12 +31,15 @@ def _stale() -> bool:
         return False  # not a compiled build: plain imports find the sources
     suffixes = importlib.machinery.EXTENSION_SUFFIXES
     for name in COMPILED:
-        digest = hashlib.sha256((_HERE / f"{name}.py").read_bytes()).hexdigest()
-        if recorded.get(name) != digest:
-            return True
         if not any((_HERE / f"{name}{suffix}").exists() for suffix in suffixes):
             return True  # an optional extension failed to build: keep them all alike
-    return False
+    # Every module of this package counts, compiled or not: a compiled module calls the
+    # others by name, so an edit to any of them can leave the extension out of date.
+    for name, digest in recorded.items():
+        path = _HERE / f"{name}.py"
+        if not path.exists() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            return True
+    return not set(COMPILED) <= set(recorded)
 
 
 def _load_sources() -> None:
