@@ -35,7 +35,14 @@ def _ext_modules() -> list[object]:
         print("pgcloak: mypyc not available; installing pure Python", file=sys.stderr)
         Path("pgcloak/proxy/_compiled.json").unlink(missing_ok=True)
         return []
-    modules = list(mypycify(HOT_PATH, opt_level="3"))
+    try:
+        modules = list(mypycify(HOT_PATH, opt_level="3"))
+    except (SystemExit, Exception) as exc:  # noqa: BLE001 - any build failure: pure Python
+        # mypyc type-checks everything the hot path imports; a failure there must not
+        # make the package uninstallable, only slower.
+        print(f"pgcloak: mypyc build failed ({exc!r}); installing pure Python", file=sys.stderr)
+        Path("pgcloak/proxy/_compiled.json").unlink(missing_ok=True)
+        return []
     for ext in modules:
         ext.optional = True  # no compiler: install the pure-Python modules instead
     # Recorded so that pgcloak.proxy can tell a stale extension from a fresh one.
