@@ -334,13 +334,14 @@ REFUSAL_SETUP = [
     "('bob@example.com', NULL)",
     "CREATE SCHEMA sales",
     "CREATE TABLE sales.invoices (invoice_id int PRIMARY KEY, cust_id int)",
+    "CREATE TABLE cust_parts (cust_id int PRIMARY KEY) PARTITION BY HASH (cust_id)",
 ]
 
 # Unsupported constructs on cloaked objects: (statement, what the error message must name).
 REFUSED = [
-    ("CREATE TABLE child_customers () INHERITS (customers)", "INHERITS"),
-    ("CREATE TABLE parts (part_id int, region text) PARTITION BY LIST (region)", "PARTITION BY"),
-    ("ALTER TABLE customers ADD CONSTRAINT no_dup EXCLUDE USING btree (email WITH =)", "EXCLUSION"),
+    ("CREATE TABLE child_customers (LIKE customers INCLUDING INDEXES)", "LIKE"),
+    ("CREATE TABLE part_refs (cust_id int REFERENCES cust_parts)", "partitioned"),
+    ("ALTER INDEX customers_pkey ATTACH PARTITION orders_pkey", "ALTER on this object type"),
     ("CREATE FUNCTION count_customers() RETURNS bigint LANGUAGE sql "
      "AS 'SELECT count(*) FROM customers'", "CreateFunctionStmt"),
     ("DO $$BEGIN PERFORM 1 FROM customers; END$$", "DoStmt"),

@@ -77,28 +77,43 @@ COLUMNS_SQL = (
     "JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid "
     "WHERE o.kind IN ('t','v','m') AND a.attnum > 0 AND NOT a.attisdropped"
 )
+# attnums in an index's expressions then predicate, in order of appearance (alias x).
+# The node-tree text is fixed-format (a Const prints as bytes), so the pattern is safe.
+_EXPRESSION_ATTNUMS = (
+    "pg_catalog.array_to_string(ARRAY(SELECT m.v[1] FROM pg_catalog.regexp_matches("
+    "COALESCE(x.indexprs::pg_catalog.text, '') || ' ' || COALESCE(x.indpred::pg_catalog.text, ''), "
+    "':varattno ([0-9]+)', 'g') WITH ORDINALITY AS m(v, i) ORDER BY m.i), ' ')"
+)
 # Constraints of registered tables: (nspname, relname, conname, contype, key attnums,
-# referenced nspname, referenced relname, referenced attnums); attnums space-separated.
-# p/u/x report their index's columns (key columns, then INCLUDE columns).
+# referenced nspname, referenced relname, referenced attnums, expression attnums, parent
+# constraint's conname); attnums space-separated. p/u/x report their index's columns
+# (key columns, then INCLUDE columns; then those its expressions/predicate use). The
+# parent is the partitioned table's constraint a partition's one is attached to. Left
+# out: the per-partition copies PostgreSQL adds to the table of an FK referencing a
+# partitioned table (their parent is on the same table).
 CONSTRAINTS_SQL = (
     "SELECT n.nspname, c.relname, k.conname, k.contype, "
     "CASE WHEN x.indexrelid IS NOT NULL THEN x.indkey::pg_catalog.text "
     "ELSE pg_catalog.array_to_string(k.conkey, ' ') END, "
-    "rn.nspname, r.relname, pg_catalog.array_to_string(k.confkey, ' ') "
+    "rn.nspname, r.relname, pg_catalog.array_to_string(k.confkey, ' '), "
+    f"{_EXPRESSION_ATTNUMS}, pk.conname "
     f"{_REGISTERED}JOIN pg_catalog.pg_constraint k ON k.conrelid = c.oid "
     "LEFT JOIN pg_catalog.pg_index x ON x.indexrelid = k.conindid AND k.contype IN ('p','u','x') "
     "LEFT JOIN pg_catalog.pg_class r ON r.oid = k.confrelid "
     "LEFT JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace "
-    "WHERE o.kind = 't'"
+    "LEFT JOIN pg_catalog.pg_constraint pk ON pk.oid = k.conparentid "
+    "WHERE o.kind = 't' AND pk.conrelid IS DISTINCT FROM k.conrelid"
 )
 # Registered plain indexes: (nspname, index relname, table relname, indisunique, indkey,
-# attnums of the columns in the expressions then the predicate, in order of appearance).
-# The node-tree text is fixed-format (a Const prints as bytes), so the pattern is safe.
+# attnums of the columns in the expressions then the predicate, in order of appearance,
+# the index's own column names (Index.labels), the parent index's relname).
 INDEXES_SQL = (
     "SELECT n.nspname, c.relname, t.relname, x.indisunique, x.indkey::pg_catalog.text, "
-    "pg_catalog.array_to_string(ARRAY(SELECT m.v[1] FROM pg_catalog.regexp_matches("
-    "COALESCE(x.indexprs::pg_catalog.text, '') || ' ' || COALESCE(x.indpred::pg_catalog.text, ''), "
-    "':varattno ([0-9]+)', 'g') WITH ORDINALITY AS m(v, i) ORDER BY m.i), ' ') "
+    f"{_EXPRESSION_ATTNUMS}, "
+    "pg_catalog.array_to_string(ARRAY(SELECT a.attname FROM pg_catalog.pg_attribute a "
+    "WHERE a.attrelid = c.oid AND a.attnum > 0 ORDER BY a.attnum), ' '), "
+    "(SELECT pi.relname FROM pg_catalog.pg_inherits h JOIN pg_catalog.pg_class pi "
+    "ON pi.oid = h.inhparent WHERE h.inhrelid = c.oid) "
     f"{_REGISTERED}JOIN pg_catalog.pg_index x ON x.indexrelid = c.oid "
     "JOIN pg_catalog.pg_class t ON t.oid = x.indrelid "
     "WHERE o.kind = 'i'"
@@ -145,6 +160,14 @@ VIEW_READS_SQL = (
     "LEFT JOIN pg_catalog.pg_class ow ON ow.oid = COALESCE(x.indrelid, sd.refobjid) "
     "WHERE o.kind IN ('v','m')"
 )
+# Parents of registered tables (partitions, inheritance children): (nspname, relname,
+# parent relname, relispartition), in inheritance order.
+INHERITS_SQL = (
+    "SELECT n.nspname, c.relname, p.relname, c.relispartition "
+    f"{_REGISTERED}JOIN pg_catalog.pg_inherits h ON h.inhrelid = c.oid "
+    "JOIN pg_catalog.pg_class p ON p.oid = h.inhparent "
+    "WHERE o.kind = 't' ORDER BY n.nspname, c.relname, h.inhseqno"
+)
 
 # In LOAD_SQL order. The snapshot comes FIRST: in READ COMMITTED every statement of
 # the Query gets a newer snapshot, so everything a transaction id covered by it did
@@ -161,11 +184,12 @@ LOAD_STATEMENTS: tuple[str, ...] = (
     INDEXES_SQL,
     SEQUENCES_SQL,
     UNCLOAKED_SQL,
-    VIEW_READS_SQL,  # appended last: the proxy slices its answer by len(LOAD_STATEMENTS)
+    VIEW_READS_SQL,
+    INHERITS_SQL,  # appended last: the proxy slices its answer by len(LOAD_STATEMENTS)
 )
 LOAD_SQL = ";\n".join(LOAD_STATEMENTS)
 LOAD_RESULT_SETS = len(LOAD_STATEMENTS)
-_WIDTHS = (1, 1, 1, 12, 3, 4, 8, 6, 4, 2, 5)  # columns per result set, checked on parse
+_WIDTHS = (1, 1, 1, 12, 3, 4, 10, 8, 4, 2, 5, 4)  # columns per result set, checked on parse
 
 
 class RegistryUnavailable(RegistryError):
@@ -222,6 +246,16 @@ class _ConMeta:
     keys: tuple[int, ...]
     ref: _Key | None
     ref_keys: tuple[int, ...]
+    parent: str | None = None  # conname of the partitioned table's constraint
+
+
+@dataclass(frozen=True)
+class _IndexMeta:
+    table: str
+    unique: bool
+    attnums: tuple[int, ...]
+    labels: tuple[str, ...] = ()
+    parent: str | None = None  # relname of the partitioned table's index
 
 
 @dataclass
@@ -231,15 +265,17 @@ class Metadata:
     relations: dict[_Key, str] = field(default_factory=dict)  # -> relkind
     columns: dict[_Key, dict[int, str]] = field(default_factory=dict)  # attnum -> attname
     constraints: dict[tuple[str, str, str], _ConMeta] = field(default_factory=dict)
-    indexes: dict[_Key, tuple[str, bool, tuple[int, ...]]] = field(default_factory=dict)
+    indexes: dict[_Key, _IndexMeta] = field(default_factory=dict)
     sequences: dict[_Key, tuple[str, int]] = field(default_factory=dict)  # -> table, attnum
     uncloaked: list[tuple[str, str]] = field(default_factory=list)
     # view -> (relation schema, relation relname, owner relname or None)
     view_reads: dict[_Key, list[tuple[str, str, str | None]]] = field(default_factory=dict)
+    # table -> its parents' relnames, and whether it is a partition
+    parents: dict[_Key, tuple[list[str], bool]] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, sets: Sequence[ResultSet]) -> Metadata:
-        rels, cols, cons, idxs, seqs, other, reads = sets
+        rels, cols, cons, idxs, seqs, other, reads, inherits = sets
         meta = cls()
         for r in rels:
             meta.relations[(_s(r[0]), _s(r[1]))] = _s(r[2])
@@ -247,18 +283,28 @@ class Metadata:
             meta.columns.setdefault((_s(r[0]), _s(r[1])), {})[int(_s(r[2]))] = _s(r[3])
         for r in cons:
             ref = None if r[6] is None else (_s(r[5]), _s(r[6]))
+            keys = tuple(dict.fromkeys(n for n in (*_nums(r[4]), *_nums(r[8])) if n > 0))
+            parent = None if r[9] is None else _s(r[9])
             meta.constraints[(_s(r[0]), _s(r[1]), _s(r[2]))] = _ConMeta(
-                _s(r[3]), _nums(r[4]), ref, _nums(r[7])
+                _s(r[3]), keys, ref, _nums(r[7]), parent
             )
         for r in idxs:
             attnums = tuple(dict.fromkeys(n for n in (*_nums(r[4]), *_nums(r[5])) if n > 0))
-            meta.indexes[(_s(r[0]), _s(r[1]))] = (_s(r[2]), _s(r[3]) == "t", attnums)
+            labels = tuple(_s(r[6]).split()) if r[6] is not None else ()
+            parent = None if r[7] is None else _s(r[7])
+            meta.indexes[(_s(r[0]), _s(r[1]))] = _IndexMeta(
+                _s(r[2]), _s(r[3]) == "t", attnums, labels, parent
+            )
         for r in seqs:
             meta.sequences[(_s(r[0]), _s(r[1]))] = (_s(r[2]), int(_s(r[3])))
         meta.uncloaked = [(_s(r[0]), _s(r[1])) for r in other]
         for r in reads:
             owner = None if r[4] is None else _s(r[4])
             meta.view_reads.setdefault((_s(r[0]), _s(r[1])), []).append((_s(r[2]), _s(r[3]), owner))
+        for r in inherits:
+            parents, _ = meta.parents.setdefault((_s(r[0]), _s(r[1])), ([], False))
+            parents.append(_s(r[2]))
+            meta.parents[(_s(r[0]), _s(r[1]))] = (parents, _s(r[3]) == "t")
         return meta
 
 
@@ -359,6 +405,7 @@ class RegistryCatalog(MemoryCatalog):
             tuple(Column(c.name, c.physical_name, _column_policy(c)) for c in ordered),
             _COLUMN_HOLDERS[obj.kind],
             _view_reads(registry, meta.view_reads.get((schema, phys), [])) if view else None,
+            *_inheritance(registry, meta, schema, phys),
         )
         constraints = [
             self._constraint(registry, meta, rel, c, attnames=attnames, present=present)
@@ -367,11 +414,13 @@ class RegistryCatalog(MemoryCatalog):
         indexes = []
         for i in registry.children(obj, Kind.INDEX):
             found = meta.indexes.get((schema, i.physical_name))
-            if found is None or found[0] != phys:
+            if found is None or found.table != phys:
                 self.drift.append(f"index {schema}.{i.physical_name} is missing")
-                found = (phys, False, ())
-            cols = tuple(attnames[n] for n in found[2] if n in attnames)
-            indexes.append(Index(schema, phys, i.name, i.physical_name, cols, found[1], i.implicit))
+                found = _IndexMeta(phys, False, ())
+            cols = tuple(attnames[n] for n in found.attnums if n in attnames)
+            index = Index(schema, phys, i.name, i.physical_name, cols, found.unique, i.implicit,
+                          found.labels or None, found.parent)  # fmt: skip
+            indexes.append(index)
         sequences = []
         for col in registered:
             for s in registry.children(col, Kind.SEQUENCE):
@@ -434,7 +483,19 @@ class RegistryCatalog(MemoryCatalog):
             ref_table,
             ref_cols,
             con.implicit,
+            found.parent,
         )
+
+
+def _inheritance(
+    registry: Registry, meta: Metadata, schema: str, physical: str
+) -> tuple[tuple[str, ...], bool, bool]:
+    """Relation.parents, .partition and .partitioned of a registered table."""
+    names, partition = meta.parents.get((schema, physical), ([], False))
+    parents = tuple(
+        p for p in names if (obj := registry.by_physical(p)) is not None and obj.kind == Kind.TABLE
+    )
+    return parents, partition and bool(parents), meta.relations.get((schema, physical)) == "p"
 
 
 def _column_policy(obj: RegistryObject) -> ColumnPolicy | None:

@@ -16,6 +16,8 @@ from pgcloak.registry.store import Registry, RegistryError
 from pgcloak.rewriter.catalog import (
     AddColumn,
     AddConstraint,
+    AttachIndex,
+    AttachPartition,
     CatalogChange,
     Column,
     Constraint,
@@ -23,6 +25,7 @@ from pgcloak.rewriter.catalog import (
     CreateSequence,
     CreateTable,
     CreateView,
+    DetachPartition,
     DropColumn,
     DropConstraint,
     DropIndex,
@@ -277,6 +280,14 @@ def writes_for(registry: Registry, change: CatalogChange) -> list[Write]:
             if found is None or found.kind != Kind(kind):
                 raise ChangeMismatch(f"no registered {Kind(kind).label} {physical}")
             return registry.set_comment(found.id, text)
+        case AttachPartition(parent, table) | DetachPartition(parent, table):
+            # Partitions/children are plain registered tables: pg_inherits says whose.
+            _table(registry, parent)
+            _table(registry, table)
+            return []
+        case AttachIndex(table, _physical, _parent):
+            _table(registry, table)
+            return []
         case CreateSequence() | DropSequence() | RenameSequence() | SetSequenceOwner():
             return _sequence_writes(registry, change)
     raise TypeError(f"not a catalog change: {type(change).__name__}")

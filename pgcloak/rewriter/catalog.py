@@ -20,6 +20,8 @@ from pgcloak.rewriter.objects import (
     AddColumn,
     AddConstraint,
     AnySequence,
+    AttachIndex,
+    AttachPartition,
     CatalogChange,
     Column,
     Constraint,
@@ -27,6 +29,7 @@ from pgcloak.rewriter.objects import (
     CreateSequence,
     CreateTable,
     CreateView,
+    DetachPartition,
     DropColumn,
     DropConstraint,
     DropIndex,
@@ -52,6 +55,8 @@ __all__ = [
     "AddColumn",
     "AddConstraint",
     "AnySequence",
+    "AttachIndex",
+    "AttachPartition",
     "Catalog",
     "CatalogChange",
     "CloakFilter",
@@ -62,6 +67,7 @@ __all__ = [
     "CreateSequence",
     "CreateTable",
     "CreateView",
+    "DetachPartition",
     "DropColumn",
     "DropConstraint",
     "DropIndex",
@@ -141,6 +147,10 @@ class Catalog(Protocol):
 
         `relation` is a cloaked relation's physical name or an uncloaked one's name.
         """
+        ...
+
+    def inheritors(self, table: str) -> Sequence[Relation]:
+        """Cloaked tables that are partitions or inheritance children of `table` (direct)."""
         ...
 
     def has_uncloaked(self, schema: str, name: str) -> bool | None:
@@ -307,6 +317,9 @@ class MemoryCatalog:
                     found.append(rel)
         return tuple(found)
 
+    def inheritors(self, table: str) -> Sequence[Relation]:
+        return tuple(r for r in self._by_phys.values() if table in r.parents)
+
     def comment(self, kind: str, physical: str, parent_physical: str | None = None) -> str | None:
         """The comment SetComment recorded (tests; the proxy keeps them in the registry)."""
         return self._comments.get((kind, parent_physical, physical))
@@ -395,9 +408,33 @@ class MemoryCatalog:
                                         old.implicit)  # fmt: skip
                 self._add_sequence(new)
 
+    def _apply_partition(self, change: AttachPartition | AttachIndex | DetachPartition) -> None:
+        rel = self._rel(change.table)
+        match change:
+            case AttachPartition(parent, _, partition):
+                self._put(replace(rel, parents=(*rel.parents, parent), partition=partition))
+            case AttachIndex(table, physical, parent):
+                self._cons[table] = [
+                    replace(c, parent=parent) if c.physical == physical else c
+                    for c in self._cons.get(table, [])
+                ]
+                self._idx[table] = [
+                    replace(i, parent=parent) if i.physical == physical else i
+                    for i in self._idx.get(table, [])
+                ]
+            case DetachPartition(parent, table):
+                parents = tuple(p for p in rel.parents if p != parent)
+                self._put(replace(rel, parents=parents, partition=rel.partition and bool(parents)))
+                # Detached, the partition's constraints and indexes stand on their own.
+                self._cons[table] = [replace(c, parent=None) for c in self._cons.get(table, [])]
+                self._idx[table] = [replace(i, parent=None) for i in self._idx.get(table, [])]
+
     def _apply(self, change: CatalogChange) -> None:
         if isinstance(change, CreateSequence | DropSequence | RenameSequence | SetSequenceOwner):
             self._apply_sequence(change)
+            return
+        if isinstance(change, AttachPartition | AttachIndex | DetachPartition):
+            self._apply_partition(change)
             return
         match change:
             case CreateTable(table, cons, idxs, seqs):

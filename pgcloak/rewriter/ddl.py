@@ -17,7 +17,7 @@ from pgcloak.registry.names import (
     implicit_sequence_name,
     new_physical_name,
 )
-from pgcloak.rewriter import ddl_encrypt
+from pgcloak.rewriter import ddl_encrypt, ddl_partition
 from pgcloak.rewriter.catalog import (
     Column,
     Constraint,
@@ -26,6 +26,7 @@ from pgcloak.rewriter.catalog import (
     Relation,
     creation_schema,
 )
+from pgcloak.rewriter.dml import item_starts
 from pgcloak.rewriter.plan import CloakError
 from pgcloak.rewriter.scope import Col, Item, Node, Scope, node_kind
 
@@ -46,6 +47,7 @@ _CONTYPES = {
     "CONSTR_UNIQUE": "u",
     "CONSTR_CHECK": "c",
     "CONSTR_FOREIGN": "f",
+    "CONSTR_EXCLUSION": "x",
 }
 
 
@@ -67,6 +69,7 @@ class _Pending:
     include: list[Column] = field(default_factory=list)
     ref_table: str | None = None
     ref_cols: tuple[str, ...] = ()
+    labels: list[str] | None = None  # EXCLUDE: its index column names (semantic)
 
 
 def new_column(a: Analyzer, schema: str, name: str, taken: set[str]) -> Column:
@@ -90,6 +93,9 @@ class TableBuilder:
         self.existing = existing  # ALTER TABLE (the table is in the catalog already)
         self.pending: list[_Pending] = []
         self.serials: list[Column] = []
+        # Names PostgreSQL gives other objects of this table first in the same command
+        # (a new partition's copies of its parent's indexes).
+        self.reserved: set[str] = set()
 
     @property
     def scope(self) -> Scope:
@@ -150,7 +156,8 @@ class TableBuilder:
                 self.serials.append(column)
             return
         contype = _CONTYPES.get(ctype)
-        if contype is None or con.get("indexname") or con.get("exclusions"):
+        exclusion = (contype == "x") != bool(con.get("exclusions"))
+        if contype is None or con.get("indexname") or exclusion:
             raise CloakError("0A000", f"pgcloak does not support {ctype} constraints")
         pending = _Pending(contype, conname, name_tok, kw, [])
         if contype == "c":
@@ -165,6 +172,8 @@ class TableBuilder:
             a.collect = None
         elif contype in ("p", "u"):
             self._index_keys(con, pending, column, kw)
+        elif contype == "x":
+            self._exclusion(con, pending, kw)
         else:
             self._foreign_key(con, pending, column, kw, end)
         self.pending.append(pending)
@@ -195,6 +204,57 @@ class TableBuilder:
                 self._column(k, t, "named in key", at) for k, t in zip(include, itoks, strict=True)
             ]
 
+    def _exclusion(self, con: Node, p: _Pending, kw: int) -> None:
+        """EXCLUDE [USING method] (element WITH operator, ...) [INCLUDE (...)] [WHERE (...)].
+
+        `keys` are the plain column elements, `include` the INCLUDE columns and then
+        those the expressions and the predicate use (pg_index's order).
+        """
+        a, ts = self.a, self.a.ts
+        open_tok = self._open_after(kw)
+        a.kept.update(i for i in range(kw + 1, open_tok) if ts.is_ident(i))  # the method
+        at = None if self.existing else ts.at(con.get("location", 0))
+        elems = [e["List"]["items"][0]["IndexElem"] for e in con["exclusions"]]
+        starts = item_starts(a, open_tok)
+        if len(starts) != len(elems):
+            raise _locate_error()
+        p.labels = []
+        used: list[Column] = []
+        for elem, start in zip(elems, starts, strict=True):
+            name = elem.get("name")
+            if name is not None:
+                col = self._column(name, ts.expect(start, name), "named in key", at)
+                p.keys += [col] if col not in p.keys else []
+                p.labels.append(col.name)
+            else:
+                used += self._columns_of(elem.get("expr"))
+                p.labels.append(ddl_partition.expression_labels(elem["expr"], self.rel)[0])
+        include = [_sval(k) for k in con.get("including", ())]
+        if include:
+            inc = ts.match[open_tok] + 1
+            if ts.name(inc) != "INCLUDE":
+                raise _locate_error()
+            toks = a.ident_list(inc + 1, include)
+            p.include = [
+                self._column(k, t, "named in key", at) for k, t in zip(include, toks, strict=True)
+            ]
+            p.labels += [c.name for c in p.include]
+        used += self._columns_of(con.get("where_clause"))
+        p.include += [c for c in dict.fromkeys(used) if c not in p.keys and c not in p.include]
+        if any(c.policy is not None for c in p.keys + p.include):
+            raise CloakError(
+                "0A000", "pgcloak does not support EXCLUDE constraints on encrypted columns"
+            )
+
+    def _columns_of(self, node: Node | None) -> list[Column]:
+        """The table's columns an expression uses, in order of appearance."""
+        a = self.a
+        a.collect = []
+        a.expr(node, self.scope)
+        found = [c for col in a.collect if (c := self.rel.column_by_physical(col.phys)) is not None]
+        a.collect = None
+        return found
+
     def _foreign_key(
         self, con: Node, p: _Pending, column: Column | None, kw: int, end: int | None
     ) -> None:
@@ -221,6 +281,10 @@ class TableBuilder:
             if pk:
                 a.unresolved.update(a.ident_list(after, pk))
         else:
+            if ref.partitioned:
+                raise CloakError(
+                    "0A000", "pgcloak does not support foreign keys referencing a partitioned table"
+                )
             if not own:
                 a.touch(ref)
             a.edits.set(rtoks[-1], ref.physical)
@@ -268,8 +332,8 @@ class TableBuilder:
     def finish(self) -> tuple[list[Constraint], list[OwnedSequence]]:
         a, rel = self.a, self.rel
         catalog = a.catalog
-        taken_rel = set(catalog.relation_names(rel.schema))
-        taken_con = set(catalog.constraint_names(rel.schema))
+        taken_rel = set(catalog.relation_names(rel.schema)) | self.reserved
+        taken_con = set(catalog.constraint_names(rel.schema)) | self.reserved
         table_cons = {c.name for c in catalog.constraints(rel.physical)} if self.existing else set()
         chosen_rel: set[str] = set()
         chosen_con: set[str] = set()
@@ -305,19 +369,20 @@ class TableBuilder:
                     names[id(p)] = (sem, True)
                 chosen_con.add(names[id(p)][0])
         index_cons = sorted(
-            (p for p in self.pending if p.contype in ("p", "u")), key=lambda p: p.contype != "p"
+            (p for p in self.pending if p.contype in ("p", "u", "x")),
+            key=lambda p: p.contype != "p",
         )
         seen_keys: set[tuple[str, ...]] = set()
         for p in index_cons:
             key = (*(c.physical for c in p.keys), "|", *(c.physical for c in p.include))
-            if key in seen_keys:
+            if key in seen_keys and p.contype != "x":
                 raise CloakError("0A000", "pgcloak does not support redundant unique constraints")
             seen_keys.add(key)
             if p.explicit is not None:
                 names[id(p)] = (explicit(p, True), False)
             else:
-                label = "pkey" if p.contype == "p" else "key"
-                cols = [c.name for c in p.keys + p.include]
+                label = {"p": "pkey", "u": "key"}.get(p.contype, "excl")
+                cols = p.labels if p.labels is not None else [c.name for c in p.keys + p.include]
                 taken = taken_rel | taken_con | chosen_rel | chosen_con
                 names[id(p)] = (implicit_constraint_name(rel.name, cols, label, taken), True)
             chosen_rel.add(names[id(p)][0])
@@ -334,7 +399,10 @@ class TableBuilder:
         constraints = []
         for p in self.pending:
             sem, implicit = names[id(p)]
-            phys = new_physical_name("k")
+            shared = None
+            if p.contype == "c" and not implicit:  # a partition or child to be must match
+                shared = ddl_partition.shared_check(catalog, rel, sem)
+            phys = shared or new_physical_name("k")
             if p.name_tok is not None:
                 a.edits.set(p.name_tok, phys)
             else:
@@ -406,13 +474,7 @@ def create_table(a: Analyzer, body: Node) -> None:
         schema = rv.get("schemaname") or creation_schema(a.search_path) or ""
         ddl_encrypt.check_uncloaked(a, schema, rv["relname"], body.get("tableElts"))
         return
-    for key, what in (
-        ("inhRelations", "INHERITS"),
-        ("partbound", "partitions"),
-        ("partspec", "PARTITION BY"),
-        ("ofTypename", "typed tables"),
-        ("accessMethod", "USING access methods"),
-    ):
+    for key, what in (("ofTypename", "typed tables"), ("accessMethod", "USING access methods")):
         if body.get(key):
             raise CloakError("0A000", f"pgcloak does not support {what}")
     a.touched = True
@@ -431,23 +493,35 @@ def create_table(a: Analyzer, body: Node) -> None:
     physical = existing or new_physical_name("t")
     a.rename(toks[-1], physical)
     a.sensitive.add(name)
-    columns: list[Column] = []
-    taken: set[str] = set()
-    coldefs: list[tuple[Node, Column]] = []
+    inherit = ddl_partition.inheritance(a, body)  # PARTITION OF / INHERITS cloaked tables
+    columns: list[Column] = list(inherit.columns) if inherit is not None else []
+    taken: set[str] = {c.physical for c in columns}
+    coldefs: list[tuple[Node, Column]] = []  # the new columns' definitions
+    builder_defs: list[tuple[Node, Column]] = []  # every column definition, in order
+    own: set[str] = set()
     for elt in body.get("tableElts", ()):
         kind, eb = node_kind(elt)
         if kind == "ColumnDef":
             cname = eb["colname"]
             tok = a.ts.expect(a.ts.at(eb.get("location", 0)), cname)
-            if any(c.name == cname for c in columns):
+            if cname in own:
                 raise CloakError(
                     "42701", f'column "{cname}" specified more than once', a.ts.pos(tok)
                 )
+            own.add(cname)
+            a.sensitive.add(cname)
+            merged = inherit.column(cname) if inherit is not None else None
+            if merged is not None:  # an inherited column's options (or a merged definition)
+                a.edits.set(tok, merged.physical)
+                builder_defs.append((eb, merged))
+                continue
+            if inherit is not None and inherit.partition:
+                raise CloakError("42703", f'column "{cname}" does not exist')
             col = new_column(a, schema, cname, taken)
             a.edits.set(tok, col.physical)
-            a.sensitive.add(cname)
             columns.append(col)
             coldefs.append((eb, col))
+            builder_defs.append((eb, col))
         elif kind == "TableLikeClause":
             for col in _like(a, eb):
                 if any(c.name == col.name for c in columns):
@@ -456,9 +530,14 @@ def create_table(a: Analyzer, body: Node) -> None:
                 columns.append(col)
         elif kind != "Constraint":
             raise CloakError("0A000", f"pgcloak does not support {kind} in CREATE TABLE")
-    rel = Relation(schema, name, physical, tuple(columns))
+    rel = Relation(schema, name, physical, tuple(columns), partitioned=bool(body.get("partspec")))
+    copies = ddl_partition.Copies()
+    if inherit is not None:
+        rel = inherit.child(rel)
+        copies = ddl_partition.copies(a, inherit.parents, rel)
     builder = TableBuilder(a, rel, existing=False)
-    defs = iter(coldefs)
+    builder.reserved = copies.names()
+    defs = iter(builder_defs)
     for elt in body.get("tableElts", ()):  # textual order, as PostgreSQL collects them
         kind, eb = node_kind(elt)
         if kind == "Constraint":
@@ -467,5 +546,6 @@ def create_table(a: Analyzer, body: Node) -> None:
             builder.column(*next(defs))
     constraints, sequences = builder.finish()
     rel = ddl_encrypt.create_table(a, rel, coldefs, constraints)  # encrypted columns: bytea
+    cons, indexes = ddl_partition.finish_create(a, body, rel, constraints, copies)
     if existing is None:
-        a.changes.append(CreateTable(rel, tuple(constraints), (), tuple(sequences)))
+        a.changes.append(CreateTable(rel, cons, indexes, tuple(sequences)))

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from pgcloak.registry.names import implicit_constraint_name, new_physical_name
-from pgcloak.rewriter import ddl_encrypt
+from pgcloak.registry.names import implicit_constraint_name, index_column_names, new_physical_name
+from pgcloak.rewriter import ddl_encrypt, ddl_partition
 from pgcloak.rewriter.catalog import (
     AddColumn,
     AddConstraint,
@@ -21,8 +21,6 @@ from pgcloak.rewriter.catalog import (
     DropTable,
     Index,
     Relation,
-    RenameColumn,
-    RenameConstraint,
     RenameTable,
     creation_schema,
 )
@@ -102,7 +100,7 @@ def _name_after(a: Analyzer, tok: int, optional: tuple[str, ...], name: str) -> 
 
 def alter_table(a: Analyzer, body: Node) -> None:
     if body.get("objtype") != "OBJECT_TABLE":
-        _passthrough(a, body, "ALTER on this object type")
+        _check_names(a, body, "ALTER on this object type")  # ALTER INDEX of a cloaked one
         return
     rel, tok = _relation(a, body["relation"], bool(body.get("missing_ok")))
     if rel is None:
@@ -118,8 +116,12 @@ def alter_table(a: Analyzer, body: Node) -> None:
     segments = _segments(a, after)
     if len(segments) != len(cmds):
         raise _locate_error()
+    only = ddl_partition.is_only(body["relation"])
     for cmd, (start, end) in zip(cmds, segments, strict=True):
-        rel = _alter_cmd(a, rel, cmd, start, end)
+        before = len(a.changes)
+        if not ddl_partition.alter_cmd(a, rel, cmd):  # ATTACH/DETACH PARTITION, INHERIT
+            rel = _alter_cmd(a, rel, cmd, start, end)
+        ddl_partition.propagate(a, rel, only, before)  # to partitions and children
 
 
 def _alter_cmd(a: Analyzer, rel: Relation, cmd: Node, start: int, end: int) -> Relation:
@@ -246,7 +248,7 @@ def rename(a: Analyzer, body: Node) -> None:
             raise CloakError("42703", f'column "{old}" does not exist')
         if rel.column(new) is not None:
             raise CloakError("42701", f'column "{new}" of relation "{rel.name}" already exists')
-        a.changes.append(RenameColumn(rel.physical, col.physical, new))
+        ddl_partition.rename_column(a, rel, col, new, ddl_partition.is_only(body["relation"]))
     else:
         old = body["subname"]
         cons = a.catalog.constraints(rel.physical)
@@ -258,7 +260,7 @@ def rename(a: Analyzer, body: Node) -> None:
         if any(c.name == new for c in cons):
             msg = f'constraint "{new}" for relation "{rel.name}" already exists'
             raise CloakError("42710", msg)
-        a.changes.append(RenameConstraint(rel.physical, con.physical, new))
+        ddl_partition.rename_constraint(a, rel, con, new, ddl_partition.is_only(body["relation"]))
 
 
 def drop(a: Analyzer, body: Node) -> None:
@@ -275,6 +277,7 @@ def drop(a: Analyzer, body: Node) -> None:
         a.touch(rel)
         a.edits.set(tok, rel.physical)
         dropped.append(rel)
+    dropped += ddl_partition.dropped_with(a, dropped, cascade)  # partitions, children
     gone = {r.physical for r in dropped}
     for rel in dropped:
         fks: tuple[Constraint, ...] = ()
@@ -320,6 +323,7 @@ def create_index(a: Analyzer, body: Node) -> None:
     if len(segments) != len(elems):
         raise _locate_error()
     names: list[str] = []
+    labels: list[str] = []  # the index's column names in the database (Index.labels)
     involved: list[str] = []
     a.collect = []
     for elem, seg in zip(elems, segments, strict=True):
@@ -329,8 +333,10 @@ def create_index(a: Analyzer, body: Node) -> None:
             names.append(elem["name"])
             if col is not None:
                 involved.append(col.phys)
+                labels.append(col.phys)
         else:
             a.expr(elem.get("expr"), scope)
+            labels.append(ddl_partition.expression_labels(elem["expr"], rel)[1])
             figured, _ = figure_colname(elem["expr"], lambda b: Col(_sval(b["fields"][-1]), ""),
                                         lambda b: None)  # fmt: skip
             names.append(figured.name if figured is not None else "expr")
@@ -343,17 +349,27 @@ def create_index(a: Analyzer, body: Node) -> None:
             col = a.column_in_item(item, name, t, None, f'"{name}"')
             if col is not None:
                 involved.append(col.phys)
+                labels.append(col.phys)
         names += include
     a.expr(body.get("whereClause"), scope)
     ddl_encrypt.check_index(a, rel, body)
     involved += [c.phys for c in a.collect]
     a.collect = None
-    _index_name(a, body, rel, names, tuple(dict.fromkeys(involved)))
+    labels = index_column_names(labels)  # as PostgreSQL names the index's columns
+    index = _index_name(a, body, rel, names, tuple(dict.fromkeys(involved)), labels=tuple(labels))
+    if index is not None:  # on a partitioned table, PostgreSQL makes one on each partition
+        ddl_partition.index_copies(a, rel, index, ddl_partition.is_only(body["relation"]))
 
 
 def _index_name(
-    a: Analyzer, body: Node, rel: Relation, names: list[str], involved: tuple[str, ...]
-) -> None:
+    a: Analyzer,
+    body: Node,
+    rel: Relation,
+    names: list[str],
+    involved: tuple[str, ...],
+    *,
+    labels: tuple[str, ...],
+) -> Index | None:
     ts = a.ts
     tok = a.lo + 1
     while tok < a.hi and ts.name(tok) != "INDEX":
@@ -374,7 +390,7 @@ def _index_name(
             if not body.get("if_not_exists"):
                 raise CloakError("42P07", f'relation "{idxname}" already exists')
             a.rename(tok, existing)
-            return
+            return None
         sem, implicit = idxname, False
     else:
         if ts.name(tok) != "ON":
@@ -386,8 +402,10 @@ def _index_name(
         a.edits.set(tok, phys)
     else:
         a.edits.add_before(tok, f"{phys} ")
-    index = Index(rel.schema, rel.physical, sem, phys, involved, bool(body.get("unique")), implicit)
+    index = Index(rel.schema, rel.physical, sem, phys, involved, bool(body.get("unique")), implicit,
+                  labels if len(labels) == len(names) else None)  # fmt: skip
     a.changes.append(CreateIndex(index))
+    return index
 
 
 def vacuum(a: Analyzer, body: Node) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pgcloak.rewriter import ddl_partition
 from pgcloak.rewriter.catalog import (
     AnySequence,
     CatalogChange,
@@ -183,6 +184,7 @@ def drop(a: Analyzer, body: Node) -> None:
     for index in indexes:
         cascaded = _cascaded(a, index, gone) if cascade else ()
         a.changes.append(DropIndex(index.table, index.physical, cascaded))
+        ddl_partition.index_dropped(a, index)  # the partitions' copies go with it
 
 
 def _check_drop(a: Analyzer, body: Node, targets: list[_Target]) -> None:

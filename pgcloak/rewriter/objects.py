@@ -18,6 +18,8 @@ __all__ = [
     "AddColumn",
     "AddConstraint",
     "AnySequence",
+    "AttachIndex",
+    "AttachPartition",
     "CatalogChange",
     "Column",
     "Constraint",
@@ -25,6 +27,7 @@ __all__ = [
     "CreateSequence",
     "CreateTable",
     "CreateView",
+    "DetachPartition",
     "DropColumn",
     "DropConstraint",
     "DropIndex",
@@ -70,6 +73,13 @@ class Relation:
     columns: tuple[Column, ...]
     kind: str = "table"
     reads: tuple[str, ...] | None = None
+    # Tables only: the tables it inherits from (INHERITS) or is a partition of (physical
+    # names; a partition has exactly one), whether it is a partition, and whether it is
+    # partitioned itself (PARTITION BY). Children share their parents' physical column
+    # names, as PostgreSQL matches inherited columns by name.
+    parents: tuple[str, ...] = ()
+    partition: bool = False
+    partitioned: bool = False
 
     def column(self, name: str) -> Column | None:
         for col in self.columns:
@@ -91,7 +101,9 @@ class Constraint:
     `columns` are the physical columns it involves (key columns, or the columns a
     CHECK references); FKs also record the referenced table and columns (physical;
     `ref_table` None when the referenced table is not cloaked). p/u/x constraints
-    own an index with the same physical name.
+    own an index with the same physical name. `parent`: on a partition, the physical
+    name of the parent table's constraint this one is attached to (PRIMARY KEY/UNIQUE
+    and FOREIGN KEY clones; inherited CHECKs simply share the parent's physical name).
     """
 
     schema: str
@@ -103,11 +115,18 @@ class Constraint:
     ref_table: str | None = None
     ref_columns: tuple[str, ...] = ()
     implicit: bool = False
+    parent: str | None = None
 
 
 @dataclass(frozen=True)
 class Index:
-    """A plain index (CREATE INDEX); constraint-backed indexes live in `Constraint`."""
+    """A plain index (CREATE INDEX); constraint-backed indexes live in `Constraint`.
+
+    `labels`: the index's own column names in PostgreSQL (the physical column, or
+    what it calls an expression: ``lower``, ``expr``), from which it names the copies
+    it makes on partitions; None when unknown. `parent`: the partitioned table's index
+    this one is attached to (physical), if any.
+    """
 
     schema: str
     table: str
@@ -116,6 +135,8 @@ class Index:
     columns: tuple[str, ...] = ()
     unique: bool = False
     implicit: bool = False
+    labels: tuple[str, ...] | None = None
+    parent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -289,6 +310,36 @@ class SetComment:
 
 
 @dataclass(frozen=True)
+class AttachPartition:
+    """ALTER TABLE parent ATTACH PARTITION table (`partition` False: ALTER TABLE table
+    INHERIT parent). What PostgreSQL copies onto the table comes as AddConstraint and
+    CreateIndex changes, what it reuses as AttachIndex changes."""
+
+    parent: str
+    table: str
+    partition: bool = True
+
+
+@dataclass(frozen=True)
+class AttachIndex:
+    """An existing constraint or index of `table` PostgreSQL attached to the parent table's
+    `parent` (ATTACH PARTITION, CREATE INDEX or ADD CONSTRAINT on a partitioned table)."""
+
+    table: str
+    physical: str
+    parent: str
+
+
+@dataclass(frozen=True)
+class DetachPartition:
+    """ALTER TABLE parent DETACH PARTITION table (or NO INHERIT): the table keeps its
+    columns, constraints and indexes, no longer attached to the parent's."""
+
+    parent: str
+    table: str
+
+
+@dataclass(frozen=True)
 class CreateSequence:
     """CREATE SEQUENCE: standalone, or owned by a cloaked column (OWNED BY)."""
 
@@ -340,4 +391,7 @@ CatalogChange = (
     | DropSequence
     | RenameSequence
     | SetSequenceOwner
+    | AttachPartition
+    | AttachIndex
+    | DetachPartition
 )

@@ -13,6 +13,8 @@ from collections.abc import Collection, Sequence
 from pgcloak.rewriter.catalog import (
     AddColumn,
     AddConstraint,
+    AttachIndex,
+    AttachPartition,
     Catalog,
     CatalogChange,
     Constraint,
@@ -20,6 +22,7 @@ from pgcloak.rewriter.catalog import (
     CreateSequence,
     CreateTable,
     CreateView,
+    DetachPartition,
     DropColumn,
     DropConstraint,
     DropIndex,
@@ -64,6 +67,8 @@ def _tables(change: CatalogChange) -> set[str]:
             return {table}
         case CreateView(view):
             return {view.physical}
+        case AttachPartition(_, table) | DetachPartition(_, table) | AttachIndex(table):
+            return {table}
         case ReplaceView(view) | DropView(view):
             return {view}
         case SetSequenceOwner(seq, table):
@@ -191,6 +196,10 @@ class OverlayCatalog(MemoryCatalog):
 
     def sensitive_names(self) -> Collection[str]:
         return set(self._base.sensitive_names()) | set(super().sensitive_names())
+
+    def inheritors(self, table: str) -> Sequence[Relation]:
+        base = [r for r in self._base.inheritors(table) if r.physical not in self._touched]
+        return base + list(super().inheritors(table))
 
     def has_uncloaked(self, schema: str, name: str) -> bool | None:
         return self._base.has_uncloaked(schema, name)
