@@ -12,6 +12,7 @@ import functools
 import os
 import struct
 import zoneinfo
+from abc import ABC, abstractmethod
 from datetime import datetime, timedelta
 
 from pgcloak.crypto.codecs.base import CodecError
@@ -22,18 +23,18 @@ _MAX_SAFE = 253402300799 - 2 * 86400  # 9999-12-29
 _EPOCH = datetime(1970, 1, 1)
 
 
-class Zone:
+class Zone(ABC):
     """A time zone: offset (seconds east) and abbreviation for instants and local times."""
 
     name = ""
 
+    @abstractmethod
     def at_utc(self, t: int) -> tuple[int, str]:
         """pg_localtime(): offset and abbreviation in effect at Unix time `t`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def local_offset(self, local: int) -> int:
         """DetermineTimeZoneOffset(): offset for a local wall time (seconds east)."""
-        raise NotImplementedError
 
     def fixed_offset(self) -> int | None:
         """pg_get_timezone_offset(): the offset if the zone never changes it."""
