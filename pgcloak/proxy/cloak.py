@@ -953,7 +953,7 @@ class CloakSession:
             self._push(unit)
         self._push(Unit(U_QEND))
         text = "".join(texts)
-        out.append(frame(b"Q", text.encode() + b"\0") if text != sql else raw_query(raw))
+        out.append(frame(b"Q", (raw if text == sql else text.encode()) + b"\0"))
 
     def _copy_plan(self, plan: Plan) -> tuple[tuple[EncColumn | None, ...], CopyOptions] | None:
         """For COPY of encrypted columns: which data positions to transform, and how."""
@@ -976,9 +976,6 @@ class CloakSession:
         if not plan.value_slots:
             return plan.sql
         return self._sealer().literals(plan.sql, plan.value_slots)
-
-    def _output(self, plan: Plan) -> tuple[str, ...] | None:
-        return self._output_enc(plan)[0]
 
     def _output_enc(
         self, plan: Plan
@@ -1454,10 +1451,6 @@ def result_formats(buf: bytes, pos: int, end: int, columns: int) -> list[int]:
     if nres == 1:
         return codes * columns
     return codes
-
-
-def raw_query(raw: bytes) -> bytes:
-    return frame(b"Q", raw + b"\0")
 
 
 def _text_row(buf: bytes, start: int, end: int) -> list[str | None]:

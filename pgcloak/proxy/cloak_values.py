@@ -42,7 +42,6 @@ __all__ = [
     "decrypt_row",
     "describe_params",
     "describe_row",
-    "sql_literal_text",
 ]
 
 DATA_KEYS_SQL = "SELECT column_id, key_version, wrapped FROM pgcloak.data_keys"
@@ -188,11 +187,6 @@ class Keyring:
 
 
 # -- literals -------------------------------------------------------------------------
-
-
-def sql_literal_text(raw: str, standard_strings: bool = True) -> str | None:
-    """The value of a SQL literal token ('it''s', E'\\n', $$x$$, 42); None for NULL."""
-    return literal_value(raw, standard_strings)[1]
 
 
 # A bytea that can never equal a stored envelope (those start with the format byte 1):

@@ -14,7 +14,7 @@ import bisect
 import json
 import re
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pglast import parser
@@ -121,6 +121,20 @@ def plan_query(
     return tuple(plans)
 
 
+# Statement kinds with one analysis function each (the rest is dispatched above/below).
+_STATEMENTS: dict[str, Callable[[QueryAnalyzer, dict[str, Any]], None]] = {
+    "CreateStmt": ddl.create_table,
+    "AlterTableStmt": ddl_alter.alter_table,
+    "RenameStmt": ddl_alter.rename,
+    "DropStmt": ddl_alter.drop,
+    "IndexStmt": ddl_alter.create_index,
+    "TruncateStmt": ddl_alter.truncate,
+    "VacuumStmt": ddl_alter.vacuum,
+    "LockStmt": ddl_alter.lock,
+    "CopyStmt": copy_merge.copy,
+}
+
+
 def _plan_statement(
     ts: TokenStream,
     stmt: dict[str, Any],
@@ -156,24 +170,8 @@ def _plan_statement(
         handler(a, body)  # views, COMMENT, GRANT, DROP ... CASCADE (ddl_view.py, ddl_misc.py)
     elif (handler := ddl_index.handler(kind, body)) is not None:
         handler(a, body)  # ALTER INDEX ... RENAME, DROP INDEX
-    elif kind == "CreateStmt":
-        ddl.create_table(a, body)
-    elif kind == "AlterTableStmt":
-        ddl_alter.alter_table(a, body)
-    elif kind == "RenameStmt":
-        ddl_alter.rename(a, body)
-    elif kind == "DropStmt":
-        ddl_alter.drop(a, body)
-    elif kind == "IndexStmt":
-        ddl_alter.create_index(a, body)
-    elif kind == "TruncateStmt":
-        ddl_alter.truncate(a, body)
-    elif kind == "VacuumStmt":
-        ddl_alter.vacuum(a, body)
-    elif kind == "LockStmt":
-        ddl_alter.lock(a, body)
-    elif kind == "CopyStmt":
-        copy_merge.copy(a, body)
+    elif (statement := _STATEMENTS.get(kind)) is not None:
+        statement(a, body)
     elif kind in prepare.KINDS:
         out, returns_rows = prepare.analyze(a, kind, body)
     elif kind not in _PASSTHROUGH:
