@@ -404,6 +404,24 @@ EXTRA: list[str | Stmt] = [
     "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) UPDATE products SET unit_price = "
     "unit_price WHERE product_code = 'P2'",
     "EXPLAIN SELECT no_such_column FROM customers",
+    # -- partitioning, inheritance, EXCLUDE -------------------------------------------
+    "CREATE TABLE shipments_by_month (ship_id int, shipped_on date NOT NULL, "
+    "carrier_code text, PRIMARY KEY (ship_id, shipped_on)) PARTITION BY RANGE (shipped_on)",
+    "CREATE TABLE shipments_2024_01 PARTITION OF shipments_by_month "
+    "FOR VALUES FROM ('2024-01-01') TO ('2024-02-01')",
+    "CREATE TABLE shipments_rest PARTITION OF shipments_by_month DEFAULT",
+    "INSERT INTO shipments_by_month VALUES (1, '2024-01-05', 'UPS'), (2, '2024-03-01', 'DHL')",
+    "INSERT INTO shipments_2024_01 VALUES (3, '2024-05-05', 'UPS')",
+    "SELECT ship_id, carrier_code FROM shipments_2024_01 ORDER BY ship_id",
+    "SELECT count(*) FROM shipments_by_month WHERE carrier_code = 'UPS'",
+    "ALTER TABLE shipments_by_month DETACH PARTITION shipments_rest",
+    "SELECT count(*) FROM shipments_by_month",
+    "CREATE TABLE archived_customers (archived_on date) INHERITS (customers)",
+    "SELECT count(*) FROM customers",
+    "CREATE TABLE room_bookings (room_no int, booked_from int, booked_to int, "
+    "EXCLUDE USING btree (room_no WITH =))",
+    "INSERT INTO room_bookings VALUES (1, 1, 2)",
+    "INSERT INTO room_bookings VALUES (1, 3, 4)",
     # -- the final state -------------------------------------------------------------
     "SELECT * FROM customers ORDER BY cust_id",
     "SELECT * FROM orders ORDER BY order_no",
