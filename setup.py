@@ -21,7 +21,16 @@ HOT_PATH = [
     "pgcloak/proxy/relay.py",
     "pgcloak/proxy/session.py",
     "pgcloak/proxy/stats.py",
+    # The cloaking session: one native class built across these modules (cloak.py).
+    "pgcloak/proxy/cloak_units.py",
+    "pgcloak/proxy/cloak_context.py",
+    "pgcloak/proxy/cloak_state.py",
+    "pgcloak/proxy/cloak_load.py",
+    "pgcloak/proxy/cloak_plan.py",
+    "pgcloak/proxy/cloak_client.py",
+    "pgcloak/proxy/cloak_server.py",
     "pgcloak/proxy/cloak.py",
+    "pgcloak/proxy/cloak_rows.py",
 ]
 
 

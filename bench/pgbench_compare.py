@@ -41,9 +41,11 @@ DEFAULT_JSON = BENCH_DIR / "results" / "latest.json"
 PGBOUNCER_TEMPLATE = BENCH_DIR / "pgbouncer.ini.tmpl"
 PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 
-# Goals from the issue: throughput within 10% of PgBouncer under concurrency, and at one
-# client no more than 10 µs of extra per-transaction latency compared to PgBouncer's.
+# Goals from the issues: pass-through throughput within 10% of PgBouncer under concurrency
+# and at one client no more than 10 µs of extra per-transaction latency compared to
+# PgBouncer's; cloaking >= 0.8 x PgBouncer, with an encrypted column >= 0.75 x (8 clients).
 GOAL_TPS_RATIO = 0.9
+GOAL_TPS_RATIOS = {"pgcloak-cloaked": 0.8, "pgcloak-encrypted": 0.75}
 GOAL_TPS_CLIENTS = (8, 32)
 GOAL_EXTRA_LATENCY_US = 10.0
 
@@ -621,6 +623,30 @@ class PgcloakEncryptedTarget(PgcloakCloakedTarget):
         return "dtGvp"
 
 
+@register
+class PgcloakEncryptedNoMemoTarget(PgcloakEncryptedTarget):
+    """The encrypted target with `decrypt_cache = 0`: every row's value is decrypted.
+
+    pgbench -S reads abalance values that are all 0, so with the memo every row after the
+    first is answered from memory; this target shows the cost when no value repeats.
+    """
+
+    name = "pgcloak-encrypted-nomemo"
+    description = "the encrypted target with decrypt_cache = 0 (every row decrypted)"
+
+    def __init__(self, ctx: BenchContext) -> None:
+        super().__init__(ctx)
+        self.logfile = ctx.workdir / "pgcloak-encrypted-nomemo.log"
+        config = ctx.workdir / "pgcloak-encrypted-nomemo.toml"
+        config.write_text(
+            'decrypt_cache = 0\n[encrypt]\n"pgbench_accounts.abalance" = "deterministic"\n'
+        )
+        self.extra_args = ("--config", str(config))
+
+    def dbname(self) -> str:
+        return f"{self.ctx.dbname}_encrypted_nomemo"
+
+
 # --------------------------------------------------------------------------- setup
 
 
@@ -727,6 +753,15 @@ def summarise(results: list[RunResult], targets: list[str]) -> list[Cell]:
     return cells
 
 
+def _tps_goal(target: str) -> float:
+    """The throughput target of a target: by its longest matching name prefix."""
+    best = ""
+    for prefix in GOAL_TPS_RATIOS:
+        if target.startswith(prefix) and len(prefix) > len(best):
+            best = prefix
+    return GOAL_TPS_RATIOS[best] if best else GOAL_TPS_RATIO
+
+
 def evaluate_goals(cells: list[Cell]) -> list[dict[str, Any]]:
     """The issue's acceptance targets, per mode; only when pgcloak and PgBouncer both ran."""
     goals: list[dict[str, Any]] = []
@@ -743,13 +778,14 @@ def evaluate_goals(cells: list[Cell]) -> list[dict[str, Any]]:
             continue
         if clients in GOAL_TPS_CLIENTS:
             ratio = cloak.tps_vs_pgbouncer
+            goal = _tps_goal(name)
             goals.append(
                 {
                     "mode": mode,
                     "clients": clients,
-                    "goal": f"{name} tps >= {GOAL_TPS_RATIO} x pgbouncer",
+                    "goal": f"{name} tps >= {goal} x pgbouncer",
                     "value": ratio,
-                    "ok": ratio is not None and ratio >= GOAL_TPS_RATIO,
+                    "ok": ratio is not None and ratio >= goal,
                 }
             )
         if clients == 1 and "direct" in {c.target for c in cells}:

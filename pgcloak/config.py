@@ -48,6 +48,7 @@ class Config:
     vault_url: str | None = None  # kek = vault: Vault's address (else $VAULT_ADDR)
     vault_token: str | None = field(default=None, repr=False)  # else $VAULT_TOKEN
     vault_key: str | None = None  # transit key name, or "mount/name" (default mount transit)
+    decrypt_cache: int = 4096  # decrypted values remembered per deterministic column; 0 = off
     config_file: str | None = None
     # [encrypt]: ("schema.table.column", "randomized"|"deterministic", key group or None)
     encrypt: tuple[tuple[str, str, str | None], ...] = ()

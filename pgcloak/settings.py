@@ -197,6 +197,13 @@ OPTIONS: tuple[Option, ...] = (
         _D.kek,
     ),
     Option(
+        "decrypt_cache",
+        "N",
+        "distinct values of each deterministically encrypted column kept decrypted in memory, "
+        "so repeated values are decrypted once; 0 keeps no plaintext between rows",
+        str(_D.decrypt_cache),
+    ),
+    Option(
         "vault_url", "URL", "Vault address for kek = vault (http[s]://host:port)", "$VAULT_ADDR"
     ),
     Option(
@@ -464,6 +471,19 @@ def _workers(value: object) -> int:
     return n
 
 
+def _count(value: object, default: int, limit: int) -> int:
+    text = _as_str(value).strip() if not isinstance(value, int) else str(value)
+    if text == "":
+        return default
+    try:
+        n = int(text)
+    except ValueError:
+        raise _Invalid("expected a whole number") from None
+    if not 0 <= n <= limit:
+        raise _Invalid(f"expected 0 to {limit}")
+    return n
+
+
 def _seconds(value: object, *, allow_zero: bool) -> float:
     if isinstance(value, bool):
         raise _Invalid("expected a number of seconds")
@@ -597,6 +617,7 @@ _PARSERS: dict[str, Callable[[object], object]] = {
     "vault_url": _vault_url,
     "vault_token": _optional_str,
     "vault_key": _vault_key,
+    "decrypt_cache": lambda v: _count(v, Config().decrypt_cache, 1 << 20),
 }
 _PATH_KEYS = (
     "tls_cert",
@@ -870,5 +891,6 @@ def _build(values: dict[str, object], url: _Url | None, config_file: str | None)
         vault_url=cast(str | None, values.get("vault_url", d.vault_url)),
         vault_token=cast(str | None, values.get("vault_token", d.vault_token)),
         vault_key=cast(str | None, values.get("vault_key", d.vault_key)),
+        decrypt_cache=cast(int, values.get("decrypt_cache", d.decrypt_cache)),
         config_file=config_file,
     )

@@ -448,7 +448,7 @@ def _known(bug: str, texts: list[str], clients: tuple[str, ...] | None = None) -
         KNOWN[text] = (*KNOWN.get(text, ()), known)
 
 
-# Statements that differ because of a bug in /work/shared_notes/cloak_bugs.md, by text.
+# Statements that differ because of a bug in docs/known-issues.md, by text.
 # The differential skips them; test_known_bug (xfail, strict) expects them to differ,
 # so a fix shows up as XPASS: then delete its entry here.
 KNOWN: dict[str, tuple[Known, ...]] = {}

@@ -83,6 +83,25 @@ RULES: dict[str, str | tuple[str, str]] = {
     "sa_authors.rating": RND,
     "sa_books.author_email": DET,
     "sa_books.title": RND,
+    **{
+        f"exp_people.{c}": m
+        for c, m in (
+            ("name", RND),
+            ("born", DET),
+            ("score", RND),
+            ("n", DET),
+            ("big", DET),
+            ("ok", DET),
+            ("at", DET),
+            ("ref", DET),
+            ("code", DET),
+            ("dec", DET),
+        )
+    },
+    "exp_people.email": (DET, "exp"),
+    "exp_visits.email": (DET, "exp"),  # joins exp_people.email (one key)
+    "exp_visits.at": RND,
+    "exp_visits.qty": DET,
     **{f"sb_authors.{c}": m for c, m in (("email", DET), ("bio", RND), ("born", DET))},
     **{f"sb_books.{c}": m for c, m in (("author_email", DET), ("title", RND), ("pages", DET))},
 }

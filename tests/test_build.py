@@ -8,9 +8,10 @@ import sys
 
 from helpers import REPO_ROOT
 
+# Every compiled module, the cloaking session's layers included.
 PROBE = (
-    "import pgcloak.proxy.relay as r, pgcloak.proxy.session as s, pgcloak.proxy.stats as t;"
-    "print(r.__file__); print(s.__file__); print(t.__file__)"
+    "import importlib, pgcloak.proxy as p;"
+    "[print(importlib.import_module(f'pgcloak.proxy.{m}').__file__) for m in p.COMPILED]"
 )
 
 

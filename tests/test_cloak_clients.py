@@ -4,7 +4,7 @@ SQLAlchemy 2 ORM (psycopg 3) and asyncpg talk semantic names to `cloak_proxy`;
 afterwards a DIRECT connection checks that the upstream catalog holds only opaque
 names (tests/cloak_checks.py). Django is in test_cloak_django.py, pgbench and psql
 in test_cloak_pgbench.py. Proxy bugs found here are written up in
-/work/shared_notes/cloak_bugs.md; a test for an open one is xfail(strict) until fixed.
+docs/known-issues.md; a test for an open one is xfail(strict) until fixed.
 """
 
 from __future__ import annotations

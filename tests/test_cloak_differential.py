@@ -13,7 +13,7 @@ Afterwards the B databases are scanned for semantic names: pg_catalog, `pg_dump
 --schema-only` and the server log must not contain any. Finally a few
 unsupported constructs must be refused with a clear error, leaving the database
 unchanged. Known proxy bugs are xfail(strict=True) tests pointing at
-/work/shared_notes/cloak_bugs.md.
+docs/known-issues.md.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pgcloak.crypto.keys import MasterKey
 from pgcloak.registry.install import install
 
 CORPUS = full_corpus()
-BUGS = "see /work/shared_notes/cloak_bugs.md"
+BUGS = "see docs/known-issues.md"
 
 
 @dataclass

@@ -18,7 +18,7 @@ from cloak_checks import assert_catalog_opaque, cloaked_database
 from helpers import PgServer, ProxyProcess
 from test_psql_pgbench_dump import _tool, assert_same_run, conn_args, ok, psql, run
 
-BUGS = "see /work/shared_notes/cloak_bugs.md"
+BUGS = "see docs/known-issues.md"
 SCALE = 2
 PGBENCH_NAMES = (
     "pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history",

@@ -177,6 +177,23 @@ def test_rolled_back_ddl_leaves_no_trace(
     assert n == (1,)
 
 
+def test_prepared_rollback_to_reloads_every_time(
+    cloak_proxy: ProxyProcess, cloaked_db: str
+) -> None:
+    """A prepared ROLLBACK TO run again (Bind/Execute, no Parse) also undoes the registry
+    rows of the DDL it rolls back, like the first time (a rename is registry-only)."""
+    with connect(cloak_proxy, cloaked_db) as conn:
+        conn.execute("CREATE TABLE steady (a int)")
+    with connect(cloak_proxy, cloaked_db, autocommit=False) as conn:
+        conn.execute("SAVEPOINT s")
+        for _ in range(3):
+            conn.execute("ALTER TABLE steady RENAME TO moved")
+            conn.execute("SELECT a FROM moved")
+            conn.execute("ROLLBACK TO SAVEPOINT s", prepare=True)
+            conn.execute("SELECT a FROM steady")
+        conn.rollback()
+
+
 def test_pipeline_with_ddl_and_dml(cloak_proxy: ProxyProcess, cloaked_db: str) -> None:
     with connect(cloak_proxy, cloaked_db) as conn:
         with conn.pipeline():

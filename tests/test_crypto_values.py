@@ -70,6 +70,28 @@ def test_tampering_is_detected(mode: str) -> None:
     assert "value long" not in str(info.value)
 
 
+@given(value=st.binary(max_size=40))
+def test_cut_values_are_restored_only_when_authenticated(value: bytes) -> None:
+    """decrypt_cut (error DETAILs show 31 bytes of a stored value): a plaintext that
+    leaves at least 4 tag bytes visible comes back, anything else is None."""
+    cipher = ColumnCipher(RANDOMIZED, b"scope", {1: KEY})
+    cut = cipher.encrypt(value)[:31]
+    restored = cipher.decrypt_cut(cut, range(40))
+    assert restored == (value if len(value) <= 9 else None)
+    assert cipher.decrypt_cut(cut, [len(value)], min_tag=0) == (value if len(value) <= 13 else None)
+    other = ColumnCipher(RANDOMIZED, b"other", {1: KEY})
+    assert other.decrypt_cut(cut, range(40)) is None
+    for i in range(len(cut)):
+        flipped = bytearray(cut)
+        flipped[i] ^= 0x01
+        assert cipher.decrypt_cut(bytes(flipped), range(40)) is None
+
+
+def test_cut_deterministic_values_are_not_restored() -> None:
+    det = ColumnCipher(DETERMINISTIC, b"s", {1: KEY})
+    assert det.decrypt_cut(det.encrypt(b"0123456789abc")[:31], range(40)) is None
+
+
 def test_key_rotation_keeps_old_values_readable() -> None:
     old = ColumnCipher(RANDOMIZED, b"s", {1: KEY})
     sealed = old.encrypt(b"v1")

@@ -4,7 +4,7 @@ Same differential set-up as tests/test_encrypt_proxy.py (plain database vs encry
 database through the proxy, tests/encrypt_env.py). Literal spellings, Bind
 parameters typed differently from the column, comparison semantics, session-format
 caching. Cases that PostgreSQL and the proxy treat alike are plain tests; the rest
-are xfail(strict=True) with the bug id in /work/shared_notes/encrypt_bugs.md.
+are xfail(strict=True) with the bug id in docs/known-issues.md.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from encrypt_support import BUGS, Pair, crc, xfail
+from encrypt_support import BUGS, MODES, SHORT, TYPE_BY_COL, TYPES, Pair, TypeCase, crc, xfail
 from psycopg.types.numeric import Int2, Int4, Int8
 
-pytest_plugins = ("encrypt_env",)  # fixtures: env, pair
+from pgcloak.proxy.cloak_details import HIDDEN
+
+pytest_plugins = ("encrypt_env",)  # fixtures: env, pair, shop
 
 
 @pytest.mark.parametrize(
@@ -156,11 +158,92 @@ def test_repeated_statement_after_set_timezone(pair: Pair) -> None:
     ])  # fmt: skip
 
 
-@pytest.mark.xfail(strict=True, reason=f"E13: {BUGS}")
-def test_bytea_output_escape(pair: Pair) -> None:
-    pair.setup("INSERT INTO m_rnd (id, c_bytea) VALUES (-77, '\\x00ff41')")
+# -- error texts --------------------------------------------------------------------------
+
+# More bad inputs, for their texts (message, DETAIL, HINT): (column, literal).
+BAD_TEXTS = [
+    ("c_int2", "'99999999999999999999'"), ("c_int8", "''"), ("c_int4", "'1 2'"),
+    ("c_varchar", "'thirteen chars'"), ("c_char", "'abcdef  x'"),
+    ("c_numeric", "'1e1000000'"), ("c_numeric", "'-Infinity'"), ("c_real", "'1e-50'"),
+    ("c_double", "'1e-400'"), ("c_bool", "'tru e'"), ("c_uuid", "'{a0eebc99}'"),
+    ("c_date", "'13/13/2020'"), ("c_date", "'2020-02-30 BC'"), ("c_date", "'5874898-01-01'"),
+    ("c_date", "'1999-01-08 04:05:06 XYZ'"), ("c_time", "'24:00:01'"), ("c_time", "'12:60'"),
+    ("c_ts", "'294277-01-01'"), ("c_ts", "'2000-01-01 25:00'"), ("c_ts", "'today tomorrow'"),
+    ("c_tstz", "'2020-01-01 00:00+25'"), ("c_tstz", "'2020-01-01 00:00 Nowhere/City'"),
+    ("c_interval", "'1 year 1 year'"), ("c_interval", "'2147483648 days'"),
+    ("c_interval", "'P1Q'"), ("c_json", "'[1,2'"), ("c_json", "'{\"a\":1,}'"),
+    ("c_jsonb", "'{\"a\" 1}'"), ("c_jsonb", "'\"\\uD800\"'"), ("c_bytea", "'a\\'"),
+    ("c_bytea", "'\\8'"), ("c_int_arr", "'{{1},{2,3}}'"), ("c_int_arr", "'{1}}'"),
+    ("c_int_arr", "'[2:1]={1}'"), ("c_text_arr", "'{\"a}'"), ("c_date_arr", "'{x}'"),
+    ("c_vc_arr", "'{abcdefg}'"), ("c_uuid_arr", "'{1}'"),
+]  # fmt: skip
+
+
+def _bad_text_cases() -> list[Any]:
+    out = [
+        pytest.param(mode, t, literal, id=f"{SHORT[mode]}-{t.col}-{k}")
+        for mode in MODES
+        for t in TYPES
+        for k, (literal, _) in enumerate(t.bad)
+    ]
+    for mode in MODES:
+        for k, (col, literal) in enumerate(BAD_TEXTS):
+            out.append(pytest.param(mode, TYPE_BY_COL[col], literal, id=f"{SHORT[mode]}-x{k}"))
+    return out
+
+
+@pytest.mark.parametrize(("mode", "case", "literal"), _bad_text_cases())
+def test_bad_input_error_texts_are_postgresqls(
+    pair: Pair, mode: str, case: TypeCase, literal: str
+) -> None:
+    """The message, DETAIL and HINT are PostgreSQL's too (E9, fixed)."""
+    table = f"m_{SHORT[mode]}"
+    row = -(30000 + crc((case.col, literal)) % 9999)
+    stmts: list[tuple[str, Any, dict[str, Any]]] = [
+        (f"INSERT INTO {table} (id, {case.col}) VALUES ({row}, {literal})", None, {}),
+        (f"UPDATE {table} SET {case.col} = {literal} WHERE id = 1000", None, {}),
+    ]
+    if literal.startswith("'"):  # the same text as a text-format parameter
+        text = literal[1:-1].replace("''", "'")
+        stmts.append((f"INSERT INTO {table} (id, {case.col}) VALUES ({row}, %t)", [text], {}))
+    pair.sweep(stmts)
+    pair.same(f"SELECT count(*) FROM {table} WHERE id = {row}")
+
+
+@pytest.mark.usefixtures("shop")
+@pytest.mark.xfail(strict=True, reason=f"E11: {BUGS}")
+def test_not_null_detail_shows_the_plaintext_row(pair: Pair) -> None:
+    pair.same("UPDATE customers SET email = NULL WHERE id = 1")
+
+
+@pytest.mark.usefixtures("shop")
+def test_not_null_detail_restores_what_it_can_and_hides_the_rest(pair: Pair) -> None:
+    """E11, the part that is fixed: the values this statement sent, and short randomized
+    values (restored from the part PostgreSQL shows), read as on a plain database; the
+    stored values PostgreSQL cut short that cannot be restored read HIDDEN, never as a
+    ciphertext prefix."""
+    a, b = pair.run("UPDATE customers SET email = NULL WHERE id = 1")
+    assert a.error is not None and b.error is not None
+    assert a.error[1] == "Failing row contains (1, null, Ann, 1990-05-05, 12.50, vip, a)."
+    assert b.error[1] == a.error[1].replace("12.50", HIDDEN)  # score: numeric, too long
     pair.sweep([
-        ("SET bytea_output = 'escape'", None, {}),
-        ("SELECT c_bytea FROM m_rnd WHERE id = -77", None, {}),
-        ("RESET bytea_output", None, {}),
+        ("INSERT INTO customers (id, email, name, born, score, tier, note) VALUES "
+         "(70, NULL, 'a name much longer than sixty-four characters, all of it sent here', "
+         "'2001-02-03', 7.25, 'x', 'n')", None, {}),
+        ("INSERT INTO customers (id, email, name, score) VALUES (71, NULL, %s, %s)",
+         ["Zed", Decimal("1.5")], {}),
+        ("INSERT INTO customers (id, email, name) VALUES (72, NULL, %s)", ["xé" * 40], {}),
+    ])  # fmt: skip
+
+
+def test_ciphertext_literals_without_standard_strings(pair: Pair) -> None:
+    """Ciphertext literals are E'' strings: standard_conforming_strings = off (E18) reads them
+    as the same bytes."""
+    pair.sweep([
+        ("SET standard_conforming_strings = off", None, {}),
+        ("INSERT INTO m_det (id, c_text) VALUES (-78, 'scs')", None, {}),
+        ("SELECT c_text FROM m_det WHERE id = -78", None, {}),
+        ("SELECT id FROM m_det WHERE c_text = 'scs'", None, {}),
+        ("RESET standard_conforming_strings", None, {}),
+        ("DELETE FROM m_det WHERE id = -78", None, {}),
     ])  # fmt: skip

@@ -127,6 +127,7 @@ def test_every_option_from_file(tmp_path: Path, pem: tuple[str, str]) -> None:
 
         cloak = "off"
         cloak_tables = ["app", "public.orders"]
+        decrypt_cache = 0
 
         [encrypt]
         "customers.email" = "deterministic"
@@ -162,6 +163,7 @@ def test_every_option_from_file(tmp_path: Path, pem: tuple[str, str]) -> None:
         mode="dev",
         cloak="off",
         cloak_tables=("app.*", "public.orders"),
+        decrypt_cache=0,
         encrypt=(
             ("public.customers.email", "deterministic", None),
             ("app.orders.note", "randomized", None),
@@ -458,6 +460,12 @@ def test_bad_size(value: str | int, reason: str) -> None:
             {"max_message_size": "512"},
             {},
             "invalid --max-message-size '512': must be between 1 KiB and 1 GiB (1024-1073741824)",
+        ),
+        ({"decrypt_cache": "-1"}, {}, "invalid --decrypt-cache '-1': expected 0 to 1048576"),
+        (
+            {},
+            {"PGCLOAK_DECRYPT_CACHE": "many"},
+            "invalid PGCLOAK_DECRYPT_CACHE 'many' (from environment): expected a whole number",
         ),
         ({"tls_cert": "/no/such.pem", "tls_key": "/no/such.key"}, {}, None),
     ],

@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import struct
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -157,6 +157,12 @@ class ColumnCipher:
         self._header = _HEADER.pack(FORMAT, _MODE_BYTE[mode], self.current)
         self._ad = self._header + scope
         self._ad_list = [self._ad]
+        # Decryption looks everything up by the envelope's header bytes at once.
+        self._openers: dict[bytes, tuple[AESGCM | AESSIV, bytes, list[bytes]]] = {}
+        for version in keys:
+            header = _HEADER.pack(FORMAT, _MODE_BYTE[mode], version)
+            aead: AESGCM | AESSIV = self._gcm[version] if mode == RANDOMIZED else self._siv[version]
+            self._openers[header] = (aead, header + scope, [header + scope])
 
     def encrypt(self, plaintext: bytes) -> bytes:
         if self.mode == RANDOMIZED:
@@ -166,23 +172,58 @@ class ColumnCipher:
         return self._header + self._siv[self.current].encrypt(plaintext, self._ad_list)
 
     def decrypt(self, envelope: bytes) -> bytes:
-        if len(envelope) < _HEADER.size + 16:
-            raise ValueDecryptionError("encrypted value is truncated")
-        fmt, mode, version = _HEADER.unpack_from(envelope, 0)
-        if fmt != FORMAT or mode != _MODE_BYTE[self.mode]:
-            raise ValueDecryptionError("encrypted value has an unknown format")
-        header = envelope[: _HEADER.size]
-        ad = header + self.scope
-        body = envelope[_HEADER.size :]
+        opener = self._openers.get(envelope[: _HEADER.size])
+        if opener is None or len(envelope) < _HEADER.size + 16:
+            raise self._malformed(envelope)
+        aead, ad, ad_list = opener
         try:
-            if self.mode == RANDOMIZED:
-                aead = self._gcm.get(version)
-                if aead is None or len(body) < _NONCE + 16:
-                    raise ValueDecryptionError("encrypted value uses an unknown key version")
-                return aead.decrypt(body[:_NONCE], body[_NONCE:], ad)
-            siv = self._siv.get(version)
-            if siv is None:
-                raise ValueDecryptionError("encrypted value uses an unknown key version")
-            return siv.decrypt(body, [ad])
+            if isinstance(aead, AESSIV):
+                return aead.decrypt(envelope[_HEADER.size :], ad_list)
+            if len(envelope) < _HEADER.size + _NONCE + 16:
+                raise ValueDecryptionError("encrypted value is truncated")
+            body = envelope[_HEADER.size :]
+            return aead.decrypt(body[:_NONCE], body[_NONCE:], ad)
         except InvalidTag:
             raise ValueDecryptionError("encrypted value failed authentication") from None
+
+    def _malformed(self, envelope: bytes) -> ValueDecryptionError:
+        """Why an envelope has no opener: truncated, another format or mode, unknown key."""
+        if len(envelope) < _HEADER.size + 16:
+            return ValueDecryptionError("encrypted value is truncated")
+        fmt, mode, _ = _HEADER.unpack_from(envelope, 0)
+        if fmt != FORMAT or mode != _MODE_BYTE[self.mode]:
+            return ValueDecryptionError("encrypted value has an unknown format")
+        return ValueDecryptionError("encrypted value uses an unknown key version")
+
+    def decrypt_cut(self, prefix: bytes, lengths: Iterable[int], min_tag: int = 4) -> bytes | None:
+        """The plaintext of a randomized value of which only the first bytes are known.
+
+        PostgreSQL cuts long values short in an error DETAIL ("Failing row contains
+        (...)": 64 characters, so 31 bytes of a bytea). A short plaintext is all there,
+        followed by part of its GCM tag: for each candidate plaintext length, the
+        candidate is re-encrypted and must reproduce the visible ciphertext and at
+        least `min_tag` tag bytes. Exactly one length must match, else None (as for
+        deterministic values, whose synthetic IV needs the whole plaintext).
+        """
+        if self.mode != RANDOMIZED or len(prefix) < _HEADER.size + _NONCE:
+            return None
+        fmt, mode, version = _HEADER.unpack_from(prefix, 0)
+        aead = self._gcm.get(version)
+        if fmt != FORMAT or mode != _MODE_BYTE[RANDOMIZED] or aead is None:
+            return None
+        ad = prefix[: _HEADER.size] + self.scope
+        nonce = prefix[_HEADER.size : _HEADER.size + _NONCE]
+        seen = prefix[_HEADER.size + _NONCE :]
+        # The keystream: GCM's ciphertext of zeros (the tag after it is not used).
+        stream = aead.encrypt(nonce, bytes(len(seen)), ad)
+        found: bytes | None = None
+        for length in lengths:
+            if length < 0 or len(seen) - length < min_tag:
+                continue
+            plain = bytes(a ^ b for a, b in zip(seen[:length], stream, strict=False))
+            if aead.encrypt(nonce, plain, ad)[: len(seen)] != seen:
+                continue
+            if found is not None:
+                return None
+            found = plain
+        return found

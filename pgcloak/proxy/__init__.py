@@ -17,8 +17,22 @@ import os
 import sys
 from pathlib import Path
 
-# Dependency order: each imports only earlier ones (cloak's other imports are pure Python).
-COMPILED = ("stats", "session", "relay", "cloak")
+# Dependency order: each imports only earlier ones (the cloak modules' other imports are
+# pure Python). The cloak_* layers build one native class; they must be compiled together.
+COMPILED = (
+    "stats",
+    "session",
+    "relay",
+    "cloak_rows",
+    "cloak_units",
+    "cloak_context",
+    "cloak_state",
+    "cloak_load",
+    "cloak_plan",
+    "cloak_client",
+    "cloak_server",
+    "cloak",
+)
 _HERE = Path(__file__).resolve().parent
 
 
@@ -51,6 +65,8 @@ def _load_sources() -> None:
         module = importlib.util.module_from_spec(spec)
         sys.modules[full] = module
         spec.loader.exec_module(module)
+        # `import pgcloak.proxy.x as m` reads the package attribute, not sys.modules.
+        setattr(sys.modules[__name__], name, module)
 
 
 if _stale():

@@ -201,7 +201,7 @@ class CopyTransformer:
             try:
                 self.cols.append(_Column(encrypted_type(col.type_sql), ring.cipher(col)))
             except (ValueError_, CodecError) as exc:
-                raise CopyValueError(exc.sqlstate, exc.message) from None
+                raise CopyValueError(exc.sqlstate, exc.message, exc.detail, exc.hint) from None
             except ValueError:  # parse_type: not a type pgcloak can encrypt
                 raise CopyValueError(
                     "0A000", "pgcloak cannot encrypt values of this column's type"
@@ -368,12 +368,12 @@ class CopyTransformer:
         try:
             sealed = bytea_from_text(value)
         except ValueError_ as exc:
-            raise CopyValueError(exc.sqlstate, exc.message) from None
+            raise CopyValueError(exc.sqlstate, exc.message, exc.detail, exc.hint) from None
         canonical = self._decrypt(col, sealed)
         try:
             return col.kind.codec.to_text(canonical, self.fmt).encode()
         except CodecError as exc:
-            raise CopyValueError(exc.sqlstate, exc.message) from None
+            raise CopyValueError(exc.sqlstate, exc.message, exc.detail, exc.hint) from None
 
     @staticmethod
     def _decrypt(col: _Column, sealed: bytes) -> bytes:
@@ -454,7 +454,7 @@ class CopyTransformer:
         try:
             return col.kind.codec.to_binary(canonical)
         except CodecError as exc:
-            raise CopyValueError(exc.sqlstate, exc.message) from None
+            raise CopyValueError(exc.sqlstate, exc.message, exc.detail, exc.hint) from None
 
 
 def _header_end(buf: bytearray) -> int | None:

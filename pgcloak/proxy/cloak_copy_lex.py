@@ -48,9 +48,7 @@ class CopyValueError(ValueError_):
     def __init__(
         self, sqlstate: str, message: str, detail: str | None = None, hint: str | None = None
     ) -> None:
-        super().__init__(sqlstate, message)
-        self.detail = detail
-        self.hint = hint
+        super().__init__(sqlstate, message, detail, hint)
 
     def __repr__(self) -> str:
         return f"CopyValueError({self.sqlstate!r})"
@@ -258,7 +256,7 @@ def check_utf8(buf: bytes | bytearray, start: int, end: int, final: bool = True)
     try:
         decode_utf8(tail)  # its message shows the bytes after a bad one, like the server's
     except CodecError as exc:
-        raise CopyValueError(exc.sqlstate, exc.message) from None
+        raise CopyValueError(exc.sqlstate, exc.message, exc.detail, exc.hint) from None
     return True  # pragma: no cover - decode_utf8 fails where decode() did
 
 

@@ -8,23 +8,22 @@ from the session state machine so that each mapping can be tested byte for byte.
 
 from __future__ import annotations
 
-import html
-import json
 import re
 import struct
 from collections.abc import Mapping, Sequence
 
+from pgcloak.crypto.codecs import SessionFormat
+from pgcloak.proxy.cloak_explain import ExplainMapper
+from pgcloak.proxy.cloak_values import Keyring
 from pgcloak.proxy.messages import ErrorResponse, NoticeResponse
 from pgcloak.proxy.wire import frame
 from pgcloak.registry.unmask import unmask_message, unmask_sql
-from pgcloak.rewriter import Catalog, CloakError
+from pgcloak.rewriter import Catalog, CloakError, Plan
 
 __all__ = ["Unmasker", "decode_fields", "encode_fields", "error_from_cloak"]
 
 _FIELD = struct.Struct("!IhIhih")
 _PHYSICAL = re.compile(rb"[tciksvm][0-9a-f]{20}")
-_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
-_XML_TEXT = re.compile(r">([^<>]+)<")
 _I16 = struct.Struct("!h")
 
 
@@ -51,9 +50,10 @@ def error_from_cloak(err: CloakError) -> bytes:
     extra: dict[str, str] = {}
     if err.position is not None:
         extra["position"] = str(err.position)
-    hint = getattr(err, "hint", None)
-    if hint:
-        extra["hint"] = hint
+    if err.detail:
+        extra["detail"] = err.detail
+    if err.hint:
+        extra["hint"] = err.hint
     return ErrorResponse.make("ERROR", err.sqlstate, err.message, **extra).encode()
 
 
@@ -148,16 +148,22 @@ class Unmasker:
             out = [declared.encode() if v == b"bytea" else v for v in out]
         return _data_row(out)
 
-    def explain_row(self, body: bytes) -> bytes:
-        """A DataRow of EXPLAIN output with physical names replaced, in its own format.
+    def explain_row(
+        self,
+        body: bytes,
+        plan: Plan | None = None,
+        ring: Keyring | None = None,
+        fmt: SessionFormat | None = None,
+    ) -> bytes:
+        """A DataRow of EXPLAIN output in the client's words, in its own format.
 
-        TEXT quotes identifiers as SQL does; JSON and YAML hold names and expressions in
-        double-quoted strings (a bare name stays a string; expressions inside get SQL
-        quoting, JSON-escaped); XML holds raw names between tags.
+        Physical names, the plan's opaque aliases and (with the session's keys) the
+        statement's ciphertext constants are mapped back: see cloak_explain.
         """
+        mapper = ExplainMapper(self.names, plan, ring, fmt)
         values: list[bytes | None] = []
         for raw in _row_values(body):
-            if raw is None or _PHYSICAL.search(raw) is None:
+            if raw is None or not mapper.wants(raw, _PHYSICAL):
                 values.append(raw)
                 continue
             try:
@@ -165,34 +171,8 @@ class Unmasker:
             except UnicodeDecodeError:
                 values.append(raw)
                 continue
-            values.append(self._explain_text(text).encode())
+            values.append(mapper.text(text).encode())
         return _data_row(values)
-
-    def _explain_text(self, text: str) -> str:
-        stripped = text.lstrip()
-        head = stripped[:1]
-        if head == "[" or stripped.startswith("- Plan"):  # JSON, YAML: "..." strings
-            return _QUOTED.sub(lambda m: self._quoted(m.group(0)), text)
-        if head == "<":  # XML: element text
-            return _XML_TEXT.sub(lambda m: ">" + self._xml(m.group(1)) + "<", text)
-        return unmask_sql(text, self.names)
-
-    def _quoted(self, token: str) -> str:
-        try:
-            inner = json.loads(token)
-        except ValueError:
-            return token
-        if not isinstance(inner, str):
-            return token
-        exact = self.names.get(inner)
-        new = exact if exact is not None else unmask_sql(inner, self.names)
-        return json.dumps(new, ensure_ascii=False)
-
-    def _xml(self, text: str) -> str:
-        plain = html.unescape(text)
-        exact = self.names.get(plain)
-        new = exact if exact is not None else unmask_sql(plain, self.names)
-        return html.escape(new, quote=False)
 
 
 _FORMAT_NAMES = {

@@ -2,7 +2,7 @@
 
 The rewriter says where encrypted values appear (plan value/param slots, output
 columns); this module does the work with the data keys: SQL literals become
-`'\\x…'::bytea` ciphertext literals, Bind parameters are decoded in the client's
+`E'\\\\x…'::bytea` ciphertext literals, Bind parameters are decoded in the client's
 format and sent as binary ciphertext, and DataRow fields are decrypted and
 encoded back in the format the client asked for, with RowDescription and
 ParameterDescription showing the declared types. Nothing here logs or raises
@@ -12,7 +12,6 @@ with a value in the message.
 from __future__ import annotations
 
 import contextlib
-import re
 import struct
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -27,19 +26,18 @@ from pgcloak.crypto.values import (
     DataKey,
     KeyWrapper,
     LocalKeyWrapper,
-    ValueDecryptionError,
     new_data_key,
 )
 from pgcloak.proxy.wire import frame
 from pgcloak.registry.model import Kind, Write
 from pgcloak.registry.store import Registry
+from pgcloak.rewriter.plan import CloakError
 
 __all__ = [
     "DATA_KEYS_SQL",
     "EncryptedType",
     "Keyring",
     "ValueError_",
-    "decrypt_row",
     "describe_params",
     "describe_row",
 ]
@@ -69,12 +67,29 @@ class EncColumnLike(Protocol):
 
 
 class ValueError_(Exception):
-    """A value pgcloak cannot encrypt or decrypt; goes to the client as an ErrorResponse."""
+    """A value pgcloak cannot encrypt or decrypt; goes to the client as an ErrorResponse.
 
-    def __init__(self, sqlstate: str, message: str) -> None:
+    `message`/`detail`/`hint` are PostgreSQL's texts for the same error and may quote
+    the value: str()/repr() show only the SQLSTATE.
+    """
+
+    def __init__(
+        self, sqlstate: str, message: str, detail: str | None = None, hint: str | None = None
+    ) -> None:
         super().__init__(sqlstate)
         self.sqlstate = sqlstate
         self.message = message
+        self.detail = detail
+        self.hint = hint
+
+    @classmethod
+    def of(cls, exc: CodecError) -> ValueError_:
+        """A codec's error with all of PostgreSQL's texts (message, DETAIL, HINT)."""
+        return cls(exc.sqlstate, exc.message, exc.detail, exc.hint)
+
+    def refusal(self) -> CloakError:
+        """The refusal the client gets instead of the statement."""
+        return CloakError(self.sqlstate, self.message, hint=self.hint, detail=self.detail)
 
 
 @dataclass(frozen=True)
@@ -117,6 +132,8 @@ class Keyring:
     wrapper: KeyWrapper | MasterKey  # a MasterKey means its LocalKeyWrapper
     keys: dict[str, dict[int, DataKey]] = field(default_factory=dict)
     _ciphers: dict[tuple[str, str], ColumnCipher] = field(default_factory=dict)
+    # pgcloak.proxy.cloak_rows: row and field decoders built from these keys.
+    decoders: dict[object, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.wrapper, MasterKey):
@@ -224,7 +241,7 @@ class Sealer:
                 fmt=self.fmt,
             )  # fmt: skip
         except CodecError as exc:
-            raise ValueError_(exc.sqlstate, exc.message) from None
+            raise ValueError_.of(exc) from None
         if canonical is None:
             return UNMATCHABLE if compare and (text is not None or binary is not None) else None
         sealed = self.ring.cipher(col).encrypt(canonical)
@@ -242,7 +259,7 @@ class Sealer:
             try:
                 oid, text = literal_value(sql[start:end], self.fmt.standard_conforming_strings)
             except CodecError as exc:
-                raise ValueError_(exc.sqlstate, exc.message) from None
+                raise ValueError_.of(exc) from None
             sealed = None if text is None else self.seal(col, text, None, oid)
             out.append("NULL" if sealed is None else bytea_literal(sealed))
             prev = end
@@ -290,7 +307,8 @@ class Sealer:
 
 
 def bytea_literal(ciphertext: bytes) -> str:
-    return f"'\\x{ciphertext.hex()}'::bytea"
+    """E'' syntax: the same bytes whatever standard_conforming_strings is."""
+    return f"E'\\\\x{ciphertext.hex()}'::bytea"
 
 
 # -- extended protocol ---------------------------------------------------------------
@@ -343,78 +361,6 @@ def describe_row(body: bytes, output: Sequence[EncColumnLike | None]) -> tuple[b
         formats.append(f)
         pos = end + 1 + _FIELD.size
     return frame(b"T", b"".join(parts)), formats
-
-
-def decrypt_row(
-    body: bytes,
-    output: Sequence[EncColumnLike | None],
-    formats: Sequence[int],
-    ring: Keyring,
-    fmt: SessionFormat,
-) -> bytes:
-    """A DataRow with encrypted fields decrypted and encoded in each field's format."""
-    count = _I16.unpack_from(body, 0)[0]
-    pos = 2
-    out = [body[:2]]
-    for k in range(count):
-        ln = int.from_bytes(body[pos : pos + 4], "big", signed=True)
-        start = pos + 4
-        pos = start + max(ln, 0)
-        col = output[k] if k < len(output) else None
-        if col is None or ln < 0:
-            out.append(body[start - 4 : pos])
-            continue
-        f = formats[k] if k < len(formats) else 0
-        # The server sends the bytea in the format the client asked for this column.
-        sealed = body[start:pos] if f == 1 else bytea_from_text(body[start:pos])
-        try:
-            canonical = ring.cipher(col).decrypt(sealed)
-        except ValueDecryptionError:
-            raise ValueError_(
-                "XX001", "pgcloak could not decrypt a stored value (tampered or wrong key)"
-            ) from None
-        t = encrypted_type(col.type_sql)
-        value = t.codec.to_binary(canonical) if f == 1 else t.codec.to_text(canonical, fmt).encode()
-        out.append(len(value).to_bytes(4, "big") + value)
-    return frame(b"D", b"".join(out))
-
-
-_HEX_CUT = re.compile(r"\\x([0-9a-f]{40,})\.\.\.")
-_HEX_VALUE = re.compile(r"\\x([0-9a-f]{44,})")  # an envelope is at least 22 bytes
-
-
-def reveal_detail(
-    detail: str, columns: Sequence[EncColumnLike], ring: Keyring, fmt: SessionFormat
-) -> str:
-    """Key values in an error DETAIL (`Key (email)=(\\x01...)`) shown as plaintext.
-
-    PostgreSQL prints the stored bytea; a plain database would print the value. Each
-    ciphertext is tried against the table's encrypted columns; what does not decrypt
-    is left as it is.
-    """
-
-    def sub(m: re.Match[str]) -> str:
-        sealed = bytes.fromhex(m.group(1))
-        for col in columns:
-            try:
-                canonical = ring.cipher(col).decrypt(sealed)
-            except (ValueDecryptionError, ValueError_):
-                continue
-            return encrypted_type(col.type_sql).codec.to_text(canonical, fmt)
-        return m.group(0)
-
-    return _HEX_VALUE.sub(sub, detail)
-
-
-def reveal_truncated(detail: str, record: Mapping[str, str]) -> str:
-    """Ciphertexts PostgreSQL cut short in a DETAIL (`\\x0152...`) shown as the values
-    this statement sent, when pgcloak recorded them."""
-
-    def sub(m: re.Match[str]) -> str:
-        shown = record.get(m.group(1)[:62])
-        return shown if shown is not None else m.group(0)
-
-    return _HEX_CUT.sub(sub, detail)
 
 
 def bytea_from_text(text: bytes) -> bytes:

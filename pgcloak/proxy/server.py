@@ -157,6 +157,7 @@ def cloak_context(config: Config) -> CloakContext | None:
         dev=config.mode == "dev",
         encrypt=config.encrypt,
         wrapper=key_wrapper(config, master),
+        decrypt_cache=config.decrypt_cache,
     )
 
 

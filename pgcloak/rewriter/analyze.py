@@ -122,7 +122,9 @@ class Analyzer(ABC):
         # A literal naming a cloaked relation was rewritten ('t'::regclass, nextval('s')):
         # what the server prints of it (a regclass, pg_get_serial_sequence) is physical.
         self.names_in_values = False
-        self._aliases = 0
+        # Opaque alias -> the client's name (aliases, CTE and window names); see new_alias.
+        self.aliases: dict[str, str] = {}
+        self._alias_of: dict[str, str] = {}
 
     # -- bookkeeping ----------------------------------------------------------------
 
@@ -205,9 +207,17 @@ class Analyzer(ABC):
         return physical
 
     def new_alias(self, name: str, tok: int) -> str:
-        """Replace the client's alias token `tok` (naming `name`) with a fresh opaque alias."""
-        self._aliases += 1
-        alias = f"a{self._aliases}"
+        """Replace the client's alias token `tok` (naming `name`) with an opaque alias.
+
+        One client name gets one opaque name for the whole statement: the renaming is
+        a bijection, so SQL resolves the names as it would have resolved the client's,
+        and the server's EXPLAIN de-duplicates repeated aliases (`a1`, `a1_1`) exactly
+        where a plain server would (`g`, `g_1`); `aliases` maps them back for EXPLAIN.
+        """
+        alias = self._alias_of.get(name)
+        if alias is None:
+            alias = self._alias_of[name] = f"a{len(self._alias_of) + 1}"
+            self.aliases[alias] = name
         self.sensitive.add(name)
         self.edits.set(tok, alias)
         return alias

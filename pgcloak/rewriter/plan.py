@@ -24,11 +24,17 @@ class CloakError(Exception):
 
     Messages follow PostgreSQL's wording and only ever contain names the client
     itself wrote. `position` is 1-based in characters of the client's query text;
-    `hint` is PostgreSQL's HINT for the same error, if it gives one.
+    `hint` and `detail` are PostgreSQL's HINT and DETAIL for the same error, if it
+    gives them.
     """
 
     def __init__(
-        self, sqlstate: str, message: str, position: int | None = None, hint: str | None = None
+        self,
+        sqlstate: str,
+        message: str,
+        position: int | None = None,
+        hint: str | None = None,
+        detail: str | None = None,
     ) -> None:
         # str()/repr() show only the SQLSTATE: the message may quote client names.
         super().__init__(sqlstate)
@@ -36,6 +42,7 @@ class CloakError(Exception):
         self.message = message
         self.position = position
         self.hint = hint
+        self.detail = detail
 
     def at(self, position: int | None) -> CloakError:
         """This error with `position` filled in when it has none yet."""
@@ -103,11 +110,16 @@ class Plan:
       remember per session), EXECUTE runs (`output_names` None: use the names
       remembered at PREPARE) or DEALLOCATE drops ("*" for ALL). They depend on
       the statement text only, so such plans are as cacheable as any other.
+      `explain_execute`: EXPLAIN EXECUTE's prepared statement, whose plan (its aliases
+      and encrypted columns) maps the EXPLAIN output back.
     * `notice_names`: (dummy physical name, client's name) pairs. A missing object
       under IF EXISTS is sent as a fresh dummy physical name (the client's word must
       not reach the server), so the server's NOTICE ("table \"t8aa…\" does not exist,
       skipping") names the dummy; show the client's name there instead. The pairs
       hold semantic names: never log them.
+    * `aliases`: (opaque alias, client's name) pairs: the rewriter's names for the
+      client's table and column aliases, CTE and window names, which the server's
+      EXPLAIN shows. Semantic names too: never log them.
     * Column encryption (docs/encryption-design.md; pgcloak.rewriter.encrypted):
       `value_slots` are (start, end, column) of literals in `sql` to encrypt,
       sorted; `param_slots` ($n, column) parameters to encrypt; `output_columns`
@@ -128,8 +140,10 @@ class Plan:
     prepare: str | None = field(default=None, repr=False)
     execute: str | None = field(default=None, repr=False)
     deallocate: str | None = field(default=None, repr=False)
+    explain_execute: str | None = field(default=None, repr=False)
     maps_values: bool = False  # map physical names in its rows (catalog reads, regclass)
     notice_names: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    aliases: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     value_slots: tuple[tuple[int, int, EncColumn], ...] = ()
     param_slots: tuple[tuple[int, EncColumn], ...] = ()
     output_columns: tuple[EncColumn | None, ...] | None = None

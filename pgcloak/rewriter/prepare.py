@@ -7,7 +7,8 @@ names per session from the PREPARE plan (`Plan.prepare` / `execute` /
 `deallocate`, filled in by `finish`). The prepared statement's own name is the
 client's and is sent as written; one that spells a cloaked name is refused.
 
-EXPLAIN EXECUTE is sent as written (its output is a plan, like any EXPLAIN).
+EXPLAIN EXECUTE is sent as written; its output is mapped back with the plan the
+session remembered for the PREPARE (`Plan.explain_execute`).
 CREATE TABLE ... AS EXECUTE is refused while anything is cloaked: the rewriter
 cannot tell whether the prepared statement reads cloaked tables, and if it does
 the new table would get physical column names.
@@ -114,6 +115,8 @@ def finish(plan: Plan, stmt: Node, catalog: Catalog) -> Plan:
         return replace(plan, deallocate="*" if body.get("isall") else body["name"])
     while kind == "ExplainStmt":
         kind, body = node_kind(body["query"])
+        if kind == "ExecuteStmt":
+            return replace(plan, explain_execute=body["name"])
     if kind == "CreateTableAsStmt":
         kind, body = node_kind(body["query"])
         if kind == "ExecuteStmt" and catalog.sensitive_names():

@@ -207,7 +207,8 @@ def _plan_statement(
         return Plan(kind, source, (start, end), None, pmap, None, tuple(a.changes),
                     a.registry_only, cloaked=True, notice_names=notices)  # fmt: skip
     plan = Plan(kind, source, (start, end), text, pmap, output, tuple(a.changes), cloaked=True,
-                maps_values=a.names_in_values, notice_names=notices)  # fmt: skip
+                maps_values=a.names_in_values, notice_names=notices,
+                aliases=tuple(a.aliases.items()))  # fmt: skip
     return plan if found is None else encrypted.finish(plan, found)
 
 

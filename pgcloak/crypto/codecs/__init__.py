@@ -57,10 +57,11 @@ def from_param_text(codec: TypeCodec, text: str, typmod: int, fmt: SessionFormat
     """A text-format Bind parameter assigned to a column of `typmod`.
 
     `from_text(text, typmod)` is the input function called with the typmod,
-    which is what literals and COPY get. A Bind parameter is read with
-    typmod -1 and then length-coerced; the two differ only for interval
-    (where the typmod changes how a bare number is read, e.g. '1' for
-    `interval day`).
+    which is what COPY (and an interval literal) gets. A Bind parameter or a
+    literal is read with typmod -1 and then length-coerced. Values differ only
+    for interval (where the typmod changes how a bare number is read, e.g. '1'
+    for `interval day`); errors can differ too: numeric_in checks its format's
+    limits before the typmod ('1e1000000' into numeric(12,3)).
     """
     if typmod == -1:
         return codec.from_text(text, -1, fmt)

@@ -42,6 +42,7 @@ from pgcloak.crypto.codecs.literals import BIT, UNKNOWN, VARBIT, literal_value
 __all__ = ["UNKNOWN", "Mismatch", "in_list", "literal_value", "to_column"]
 
 _UNTYPED = (0, UNKNOWN)
+_INTERVAL = 1186
 
 
 def _known_source(src: int) -> bool:
@@ -97,7 +98,8 @@ def to_column(
             return equal_in_column(canon, dst_oid, dst_oid, dst_typmod, fmt=fmt, column=column)
         if value_text is None:
             return from_param_binary(codec, value_binary or b"", dst_typmod)
-        if src_oid == UNKNOWN:
+        if src_oid == UNKNOWN and dst_oid == _INTERVAL:
+            # coerce_type(): only interval's input function gets the typmod.
             return codec.from_text(value_text, dst_typmod, fmt)
         return from_param_text(codec, value_text, dst_typmod, fmt)
     if compare:

@@ -147,6 +147,7 @@ class _Decoder:
         self.abbrev_zone: Zone | None = None
         self.abbrev = ""
         self.dtype = DTK_TIME if time_only else DTK_DATE
+        self.clock: str | None = None  # 'now', 'today'...: decoded with a stand-in clock
 
     def labelled_number(self, field: str) -> int:
         """A number after a unit label ('j', 't', 'y', ...): PostgreSQL 15's ptype switch."""
@@ -324,7 +325,19 @@ class _Decoder:
             if val in (12, 13, 14, 15):  # now, yesterday, today, tomorrow
                 if self.time_only and val != 12:
                     raise DtError(BAD_FORMAT)
-                raise Unsupported(f)
+                # The value needs the server's clock (refused once the whole text
+                # decoded): go on with a stand-in date so that a text PostgreSQL
+                # rejects ('today tomorrow') gets PostgreSQL's error, not the refusal.
+                self.clock = f
+                self.dtype = DTK_TIME if self.time_only else DTK_DATE
+                tm.year, tm.mon, tm.mday = 2000, 1, 1
+                if val != 12:
+                    return DTK_DATE_M
+                tm.hour = tm.min = tm.sec = tm.fsec = 0
+                if self.time_only:
+                    return DTK_TIME_M
+                tm.tz = 0
+                return DTK_DATE_M | DTK_TIME_M | M(TZ)
             raise DtError(BAD_FORMAT)
         if kind == MONTH:
             if self.time_only:
@@ -436,6 +449,8 @@ def decode_datetime(
                 raise DtError(BAD_FORMAT)
             if want_tz:
                 tm.tz = zone_offset(tm, session)
+    if d.clock is not None:
+        raise Unsupported(d.clock)
     return d.dtype, tm
 
 
@@ -461,4 +476,6 @@ def decode_time_only(fields: list[str], ftypes: list[int], date_order: str, sess
             raise DtError(BAD_FORMAT)
         if date_part and date_part != DTK_DATE_M:
             raise DtError(BAD_FORMAT)
+    if d.clock is not None:
+        raise Unsupported(d.clock)
     return tm
