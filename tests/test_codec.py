@@ -965,3 +965,44 @@ def test_two_cstrs_respects_end() -> None:
         two_cstrs(b"ab", 0, 2)
     with pytest.raises(ProtocolError):
         two_cstrs(b"a\x00", 0, 1)
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        Bind("p1", "s1", (0, 1), (b"42", None), (1,)),
+        Bind("", "", (1,), (b"\x00\x01", b"", None), ()),
+        Bind("", "stmt", (), (), (0, 1)),
+    ],
+)
+def test_bind_parts_cut_a_bind_where_rewrites_need(msg: Bind) -> None:
+    """The in-place Bind rewrites (encryption, catalog names) see what the codec sees."""
+    from pgcloak.proxy.wire import bind_parts
+
+    wire = b"xx" + msg.encode() + b"yy"
+    end = len(wire) - 2
+    parts = bind_parts(wire, 2, end)
+    assert parts.names == msg.portal.encode() + b"\0" + msg.statement.encode() + b"\0"
+    assert tuple(parts.formats) == msg.param_formats
+    assert tuple(parts.values) == msg.params
+    assert [parts.format_of(k) for k in range(len(msg.params))] == [
+        msg.param_formats[0]
+        if len(msg.param_formats) == 1
+        else (msg.param_formats[k] if k < len(msg.param_formats) else 0)
+        for k in range(len(msg.params))
+    ]
+    result_formats = len(msg.result_formats).to_bytes(2, "big") + b"".join(
+        f.to_bytes(2, "big") for f in msg.result_formats
+    )
+    assert wire[parts.tail : end] == result_formats
+    nparams = len(msg.params).to_bytes(2, "big")
+    assert wire[parts.params_at - 2 : parts.params_at] == nparams
+
+
+def test_bind_parts_refuses_values_past_the_end() -> None:
+    from pgcloak.proxy.wire import ProtocolError, bind_parts
+
+    wire = Bind("", "", (), (b"abcdef",), ()).encode()
+    cut = wire[:-6]  # the last value's bytes and the result formats are missing
+    with pytest.raises(ProtocolError):
+        bind_parts(cut, 0, len(cut))

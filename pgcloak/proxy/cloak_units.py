@@ -15,7 +15,7 @@ from typing import Final
 
 from pgcloak.proxy.cloak_copy import CopyOptions
 from pgcloak.proxy.cloak_rows import RowDecoder
-from pgcloak.proxy.wire import frame
+from pgcloak.proxy.wire import bind_parts, frame
 from pgcloak.rewriter import CloakError, EncColumn, Plan
 from pgcloak.rewriter.template import Template
 
@@ -131,28 +131,12 @@ def map_bind_names(
 ) -> bytes | None:
     """A Bind for a system-catalog query with text parameters naming cloaked relations
     replaced by their physical names (``relname = $1``); None when nothing changed."""
-    i = buf.index(b"\0", pos + 5, end)
-    j = buf.index(b"\0", i + 1, end)
-    p = j + 1
-    nfmt = int.from_bytes(buf[p : p + 2], "big")
-    formats = [int.from_bytes(buf[p + 2 + 2 * k : p + 4 + 2 * k], "big") for k in range(nfmt)]
-    p += 2 + 2 * nfmt
-    nparams = int.from_bytes(buf[p : p + 2], "big")
-    p += 2
-    head = buf[pos + 5 : p]
+    bind = bind_parts(buf, pos, end)
     params: list[bytes] = []
     changed = False
-    for k in range(nparams):
-        ln = int.from_bytes(buf[p : p + 4], "big", signed=True)
-        p += 4
-        if ln < 0:
-            params.append(b"\xff\xff\xff\xff")
-            continue
-        value = buf[p : p + ln]
-        p += ln
-        fmt = formats[0] if nfmt == 1 else (formats[k] if nfmt > k else 0)
-        new = None
-        if fmt == 0 and 0 < ln <= 130:
+    for k, raw in enumerate(bind.values):
+        value, new = raw, None
+        if value is not None and bind.format_of(k) == 0 and 0 < len(value) <= 130:
             try:
                 text = value.decode()
             except UnicodeDecodeError:
@@ -161,14 +145,16 @@ def map_bind_names(
             found = physical(anchored.group(1) if anchored else text) if text else None
             if found is not None:
                 new = (f"^({found})$" if anchored else found).encode()
-        if new is None:
-            params.append(ln.to_bytes(4, "big") + value)
-        else:
+        if new is not None:
             changed = True
-            params.append(len(new).to_bytes(4, "big") + new)
+            value = new
+        params.append(
+            b"\xff\xff\xff\xff" if value is None else len(value).to_bytes(4, "big") + value
+        )
     if not changed:
         return None
-    return frame(b"B", head + b"".join(params) + buf[p:end])
+    head = buf[pos + 5 : bind.params_at]
+    return frame(b"B", head + b"".join(params) + buf[bind.tail : end])
 
 
 def result_formats(buf: bytes, pos: int, end: int, columns: int) -> tuple[int, ...]:

@@ -28,7 +28,7 @@ from pgcloak.crypto.values import (
     LocalKeyWrapper,
     new_data_key,
 )
-from pgcloak.proxy.wire import frame
+from pgcloak.proxy.wire import bind_parts, frame
 from pgcloak.registry.model import Kind, Write
 from pgcloak.registry.store import Registry
 from pgcloak.rewriter.plan import CloakError
@@ -275,23 +275,11 @@ class Sealer:
         declared: Sequence[int],
     ) -> bytes:
         """A Bind with encrypted parameters encrypted (sent in binary format)."""
-        i = buf.index(b"\0", pos + 5, end)
-        j = buf.index(b"\0", i + 1, end)
-        names = buf[pos + 5 : j + 1]
-        p = j + 1
-        nfmt = int.from_bytes(buf[p : p + 2], "big")
-        formats = [int.from_bytes(buf[p + 2 + 2 * k : p + 4 + 2 * k], "big") for k in range(nfmt)]
-        p += 2 + 2 * nfmt
-        nparams = int.from_bytes(buf[p : p + 2], "big")
-        p += 2
+        bind = bind_parts(buf, pos, end)
         new_formats: list[int] = []
         values: list[bytes] = []
-        for k in range(nparams):
-            ln = int.from_bytes(buf[p : p + 4], "big", signed=True)
-            p += 4
-            value = None if ln < 0 else buf[p : p + ln]
-            p += max(ln, 0)
-            f = formats[0] if nfmt == 1 else (formats[k] if k < nfmt else 0)
+        for k, raw in enumerate(bind.values):
+            value, f = raw, bind.format_of(k)
             col = slots.get(k + 1)
             if col is not None and value is not None:
                 src = declared[k] if k < len(declared) else 0
@@ -303,7 +291,8 @@ class Sealer:
             new_formats.append(f)
             values.append(_NULL if value is None else len(value).to_bytes(4, "big") + value)
         head = _I16.pack(len(new_formats)) + b"".join(_I16.pack(f) for f in new_formats)
-        return frame(b"B", names + head + _I16.pack(nparams) + b"".join(values) + buf[p:end])
+        nparams = _I16.pack(len(values))
+        return frame(b"B", bind.names + head + nparams + b"".join(values) + buf[bind.tail : end])
 
 
 def bytea_literal(ciphertext: bytes) -> str:

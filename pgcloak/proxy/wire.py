@@ -63,6 +63,62 @@ def split_frames(
         pos = end
 
 
+class BindParts:
+    """A Bind message cut at its parts, for the paths that rewrite parameter values.
+
+    `names` is the portal and statement names with their terminators, `formats` the
+    parameter format codes as sent, `values` each parameter (None for NULL);
+    `params_at` and `tail` are the offsets of the parameter values and of the
+    result-format section, which rewrites copy unchanged.
+    """
+
+    __slots__ = ("formats", "names", "params_at", "tail", "values")
+
+    def __init__(
+        self,
+        names: bytes,
+        formats: list[int],
+        values: list[bytes | None],
+        params_at: int,
+        tail: int,
+    ) -> None:
+        self.names = names
+        self.formats = formats
+        self.values = values
+        self.params_at = params_at
+        self.tail = tail
+
+    def format_of(self, k: int) -> int:
+        """Parameter k's format: one code applies to all, none means text."""
+        n = len(self.formats)
+        return self.formats[0] if n == 1 else (self.formats[k] if k < n else 0)
+
+
+def bind_parts(buf: bytes, pos: int, end: int) -> BindParts:
+    """Split the Bind message at buf[pos:end] (header included)."""
+    i = buf.index(b"\0", pos + 5, end)
+    j = buf.index(b"\0", i + 1, end)
+    p = j + 1
+    nfmt = _U16.unpack_from(buf, p)[0]
+    formats = [_U16.unpack_from(buf, p + 2 + 2 * k)[0] for k in range(nfmt)]
+    p += 2 + 2 * nfmt
+    nparams = _U16.unpack_from(buf, p)[0]
+    p += 2
+    params_at = p
+    values: list[bytes | None] = []
+    for _ in range(nparams):
+        ln = _I32.unpack_from(buf, p)[0]
+        p += 4
+        if ln < 0:
+            values.append(None)
+        else:
+            values.append(buf[p : p + ln])
+            p += ln
+    if p > end:
+        raise ProtocolError("Bind message parameters run past its end")
+    return BindParts(buf[pos + 5 : j + 1], formats, values, params_at, p)
+
+
 class Framer:
     """Buffering framer for the rare paths (startup, auth, tests)."""
 
