@@ -2,7 +2,9 @@
 
 Without an upstream URL it starts a throwaway PostgreSQL cluster with a small
 sample database, so trying pgcloak needs nothing but the PostgreSQL server
-binaries. Everything it starts is torn down on Ctrl-C or SIGTERM.
+binaries. The sample is cloaked and two of its columns are encrypted
+(`DEMO_ENCRYPT`); it is loaded through pgcloak itself, since only the proxy can
+encrypt. Everything it starts is torn down on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pgcloak.embedded import EmbeddedPostgres, EmbeddedPostgresError, free_port
 from pgcloak.proxy import server
 from pgcloak.settings import parse_upstream_url
 
-__all__ = ["DEMO_DB", "SAMPLE_SQL", "run_demo"]
+__all__ = ["DEMO_DB", "DEMO_ENCRYPT", "SAMPLE_SQL", "run_demo"]
 
 DEMO_DB = "demo"
 DEMO_USER = "postgres"
@@ -49,6 +51,12 @@ INSERT INTO customers (full_name, email, country) VALUES
 INSERT INTO orders (customer_id, amount) VALUES
     (1, 42.00), (1, 13.37), (2, 99.95), (3, 7.50), (4, 250.00);
 """
+
+# The demo's [encrypt] rules: equality lookups and UNIQUE keep working on email.
+DEMO_ENCRYPT: tuple[tuple[str, str, str | None], ...] = (
+    ("public.customers.email", "deterministic", None),
+    ("public.customers.full_name", "randomized", None),
+)
 
 _WILDCARDS = {"", "0.0.0.0", "::", "*"}
 _SIGTERM_EXIT = 128 + signal.SIGTERM
@@ -143,21 +151,35 @@ def _config(
     )
 
 
-def _seed_cloaked(host: str, port: int) -> None:
-    """Install the registry under a fresh demo key and create the sample data cloaked."""
+def _install_registry(host: str, port: int) -> None:
+    """Install the registry under the demo's master key (a fresh one unless set)."""
     import psycopg
 
     from pgcloak.crypto.keys import MASTER_KEY_ENV, MasterKey, new_master_key
-    from pgcloak.registry.direct import run_cloaked
     from pgcloak.registry.install import install
 
     key = os.environ.get(MASTER_KEY_ENV) or new_master_key()
     os.environ[MASTER_KEY_ENV] = key  # the in-process proxy reads it from here
-    master = MasterKey.from_base64(key)
     dsn = f"host={host} port={port} dbname={DEMO_DB} user={DEMO_USER}"
     with psycopg.connect(dsn, autocommit=True) as conn:
-        install(conn, master)
-        run_cloaked(conn, SAMPLE_SQL, master)
+        install(conn, MasterKey.from_base64(key))
+
+
+async def _load_through_proxy(config: Config) -> None:
+    """Create the sample through a private pgcloak instance, so it is cloaked and encrypted."""
+    import psycopg
+
+    private = dataclasses.replace(config, listen_host="127.0.0.1", listen_port=0, admin_host=None)
+    proxy = server.Proxy(private)
+    await proxy.start()
+    try:
+        dsn = f"host=127.0.0.1 port={proxy.port} dbname={DEMO_DB} user={DEMO_USER}"
+        conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+        async with conn:
+            await conn.execute(SAMPLE_SQL.encode())  # no parameters: one simple Query
+    finally:
+        proxy.request_shutdown()
+        await proxy.wait_closed()
 
 
 def _run_embedded(
@@ -172,15 +194,22 @@ def _run_embedded(
         print("Starting a throwaway PostgreSQL cluster...", flush=True)
         pg.start()
         pg.psql(f"CREATE DATABASE {DEMO_DB}")
-        _seed_cloaked(pg.host, pg.port)
+        _install_registry(pg.host, pg.port)
         upstream = Upstream(host=pg.host, port=pg.port, dbname=DEMO_DB, sslmode="disable")
+        config = dataclasses.replace(
+            _config(listen_host, listen_port, admin_host, admin_port, upstream),
+            cloak="on",
+            encrypt=DEMO_ENCRYPT,
+        )
+        asyncio.run(_load_through_proxy(config))
+        direct = _psql_command(pg.host, pg.port, DEMO_DB, DEMO_USER)
         print(f"PostgreSQL is up on {pg.host}:{pg.port} (data in {pg.data_dir}).")
         print("The sample schema is cloaked: through pgcloak you see customers/orders;")
         print("the database itself only holds opaque names. Look for yourself:")
-        print(f"    {_psql_command(pg.host, pg.port, DEMO_DB, DEMO_USER)} -c '\\d'")
-        config = dataclasses.replace(
-            _config(listen_host, listen_port, admin_host, admin_port, upstream), cloak="on"
-        )
+        print(f"    {direct} -c '\\d'")
+        print("customers.email (deterministic) and customers.full_name (randomized) are")
+        print("stored encrypted: through pgcloak, `SELECT * FROM customers WHERE email =")
+        print("'ada@example.com'` works; the database holds only bytea ciphertext.")
         return _serve(config, DEMO_DB, DEMO_USER)
     finally:
         with _signals_ignored():

@@ -202,6 +202,10 @@ def test_demo_serves_sample_data_and_cleans_up(tmp_path: Path) -> None:
                 "ON o.customer_id = c.id ORDER BY o.amount DESC LIMIT 1"
             )
             assert [d.name for d in cur.description or ()] == ["full_name", "amount"]
+            ada = conn.execute(
+                "SELECT full_name FROM customers WHERE email = %s", ("ada@example.com",)
+            ).fetchall()
+            assert ada == [("Ada Lovelace",)]
         # The database itself holds only opaque names.
         up = re.search(r"PostgreSQL is up on (\S+):(\d+) ", text)
         assert up is not None, text
@@ -214,6 +218,22 @@ def test_demo_serves_sample_data_and_cleans_up(tmp_path: Path) -> None:
                 )
             ]
             assert names and not any("customer" in n or "order" in n for n in names), names
+            # The encrypted columns hold ciphertext: no sample name or address is stored.
+            tables = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT relname::text FROM pg_class"
+                    " WHERE relnamespace = 'public'::regnamespace AND relkind = 'r'"
+                )
+            ]
+            dumped = "".join(
+                str(row)
+                for t in tables
+                for row in conn.execute(f'SELECT t::text FROM public."{t}" t')
+            )
+            assert "42.00" in dumped  # orders.amount is cloaked, not encrypted
+            assert "Lovelace" not in dumped and "example.com" not in dumped
+        assert "customers.email (deterministic)" in text
         assert _cmdlines_mentioning(data_dir.group(1))
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, out.read_text()
