@@ -9,6 +9,13 @@ database, no network):
   from_binary  client binary (Bind / COPY BINARY) -> validated canonical
   to_binary    canonical -> the binary PostgreSQL would send
 
+and the whole per-value cost of encryption as a session pays it, per mode
+(deterministic AES-SIV, randomized AES-GCM), with the proxy's own code:
+
+  encrypt      client text -> canonical -> envelope -> the bytea literal sent upstream
+  decrypt      the server's hex bytea field -> envelope opened -> the client's text
+               field (the compiled row decoder, decrypt memo off: every value is new)
+
 Usage: python bench/codec_cost.py [--repeat N] [--json PATH] [--types "int4;numeric(10,2)"]
 """
 
@@ -26,7 +33,12 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from pgcloak.crypto.codecs import SessionFormat, codec_for, parse_type  # noqa: E402
+from pgcloak.crypto.codecs import SessionFormat, TypeCodec, codec_for, parse_type  # noqa: E402
+from pgcloak.crypto.values import DETERMINISTIC, RANDOMIZED, ColumnCipher, new_data_key  # noqa: E402
+from pgcloak.proxy.cloak_rows import FieldDecoder  # noqa: E402
+from pgcloak.proxy.cloak_values import bytea_literal  # noqa: E402
+
+MODES = {"det": DETERMINISTIC, "rnd": RANDOMIZED}
 
 # type -> sample text inputs (the common columns first)
 SAMPLES: dict[str, list[str]] = {
@@ -74,6 +86,13 @@ def _median_us(fn: Callable[[], object], repeat: int) -> float:
     return statistics.median(samples)
 
 
+def _encrypt(
+    codec: TypeCodec, cipher: ColumnCipher, text: str, typmod: int, fmt: SessionFormat
+) -> str:
+    """What sealing one literal costs: input function, encryption, the literal's text."""
+    return bytea_literal(cipher.encrypt(codec.from_text(text, typmod, fmt)))
+
+
 def measure(types: list[str], repeat: int) -> list[dict[str, object]]:
     fmt = SessionFormat(timezone="Europe/Berlin")
     rows: list[dict[str, object]] = []
@@ -91,6 +110,14 @@ def measure(types: list[str], repeat: int) -> list[dict[str, object]]:
                 "from_binary": functools.partial(codec.from_binary, binary, typmod),
                 "to_binary": functools.partial(codec.to_binary, canonical),
             }
+            for short, mode in MODES.items():
+                cipher = ColumnCipher(mode, b"bench|" + typ.encode(), {1: new_data_key()})
+                field = b"\\x" + cipher.encrypt(canonical).hex().encode()
+                decoder = FieldDecoder(cipher, codec, False, fmt, 0)
+                calls[f"encrypt_{short}"] = functools.partial(
+                    _encrypt, codec, cipher, text, typmod, fmt
+                )
+                calls[f"decrypt_{short}"] = functools.partial(decoder.decode, field)
             row: dict[str, object] = {
                 "type": typ,
                 "value": text if len(text) <= 32 else text[:29] + "...",
@@ -118,7 +145,18 @@ def main() -> int:
             f"{row['type']:<14} {row['value']!s:<34} {row['from_text']:>9.2f}"
             f" {row['to_text']:>8.2f} {row['from_binary']:>8.2f} {row['to_binary']:>7.2f}"
         )
-    print("(median microseconds per call)")
+    print("(codecs alone: median microseconds per call)\n")
+    header = (
+        f"{'type':<14} {'value':<34} {'enc det':>8} {'dec det':>8} {'enc rnd':>8} {'dec rnd':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        print(
+            f"{row['type']:<14} {row['value']!s:<34} {row['encrypt_det']:>8.2f}"
+            f" {row['decrypt_det']:>8.2f} {row['encrypt_rnd']:>8.2f} {row['decrypt_rnd']:>8.2f}"
+        )
+    print("(one value encrypted / decrypted end to end: median microseconds per value)")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0
