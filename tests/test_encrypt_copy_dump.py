@@ -30,6 +30,9 @@ RULES = """
 "people.seen" = "randomized"
 "people.tags" = "randomized"
 "people.doc" = "randomized"
+"gen.email" = "deterministic"
+"gen.code" = "randomized"
+"gen_like.email" = "deterministic"
 """
 ROWS = (
     '1\tann@x.com\t123-45-6789\t1990-05-01\t12.50\t2024-01-02 03:04:05+00\t{a,"b c"}\t'
@@ -106,6 +109,74 @@ def test_copy_in_round_trips_every_format(
         assert _copy_out(enc, "COPY people TO STDOUT") == _copy_out(plain, "COPY people TO STDOUT")
     # What the database stores is ciphertext.
     assert enc.execute("SELECT id FROM people WHERE email = 'bob\\x@y.com'").fetchall() == [(2,)]
+
+
+GEN_DDL = (
+    "CREATE TABLE gen (id int, twice int GENERATED ALWAYS AS (id * 2) STORED, email text, "
+    "code text)",
+    "ALTER TABLE gen ADD COLUMN plus int GENERATED ALWAYS AS (id + 1) STORED",
+    "CREATE TABLE gen_like (LIKE gen)",  # without INCLUDING GENERATED: twice/plus plain
+)
+
+
+@pytest.mark.parametrize("fmt", ["text", "csv", "binary"])
+def test_copy_skips_generated_columns_as_postgresql_does(
+    setup: tuple[psycopg.Connection[Any], psycopg.Connection[Any], ProxyProcess, str],
+    fmt: str,
+) -> None:
+    """COPY without a column list leaves generated columns out of the data: the encrypted
+    fields must still be found (once placed one column too early, a plaintext field
+    reached the server and ciphertext the client)."""
+    plain, enc, proxy, db = setup
+    for conn in (plain, enc):
+        for ddl in GEN_DDL:
+            conn.execute(ddl)
+        conn.execute("INSERT INTO gen (id, email, code) VALUES (1, 'g@x', 'c1'), (2, NULL, 'c2')")
+        conn.execute("INSERT INTO gen_like SELECT 7, 14, 'l@x', 'c7', 8")
+    for table in ("gen", "gen_like"):
+        out = f"COPY {table} TO STDOUT (FORMAT {fmt})"
+        data = _copy_out(plain, out)
+        assert _copy_out(enc, out) == data, table
+        for conn in (plain, enc):
+            with conn.cursor().copy(f"COPY {table} FROM STDIN (FORMAT {fmt})") as cp:
+                cp.write(data)
+        assert _copy_out(enc, out) == _copy_out(plain, out), table
+    # A new session knows the generated columns from the server's catalog.
+    with psycopg.connect(proxy.dsn(db), autocommit=True) as fresh:
+        assert _copy_out(fresh, "COPY gen TO STDOUT") == _copy_out(plain, "COPY gen TO STDOUT")
+    rows = "SELECT id, twice, email, code, plus FROM gen"
+    assert sorted(enc.execute(rows).fetchall(), key=repr) == sorted(
+        plain.execute(rows).fetchall(), key=repr
+    )
+
+
+def test_copy_refuses_data_it_cannot_place(
+    setup: tuple[psycopg.Connection[Any], psycopg.Connection[Any], ProxyProcess, str],
+    pg: PgServer,
+) -> None:
+    """When the server's column count differs from pgcloak's, no data passes (fail closed).
+
+    A column added directly on the database, behind pgcloak's back, is such a case.
+    """
+    _, enc, proxy, db = setup
+    enc.execute("CREATE TABLE gen (id int, email text, code text)")
+    with psycopg.connect(pg.dsn(db), autocommit=True) as direct:
+        table = direct.execute(
+            "SELECT c.relname FROM pg_class c JOIN pgcloak.objects o ON o.physical_name = c.relname"
+            " WHERE c.relkind = 'r' AND o.kind = 't' ORDER BY o.created_at DESC LIMIT 1"
+        ).fetchone()
+        assert table is not None
+        direct.execute(f'ALTER TABLE public."{table[0]}" ADD COLUMN x int')
+    with psycopg.connect(proxy.dsn(db), autocommit=True) as fresh:
+        with (
+            pytest.raises(psycopg.errors.FeatureNotSupported, match="cannot place"),
+            fresh.cursor().copy("COPY gen FROM STDIN") as cp,
+        ):
+            cp.write(b"1\tleak@x\tc\n")
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="cannot place"):
+            _copy_out(fresh, "COPY gen TO STDOUT")
+    with psycopg.connect(pg.dsn(db), autocommit=True) as direct:
+        assert direct.execute(f'SELECT count(*) FROM public."{table[0]}"').fetchone() == (0,)
 
 
 def test_copy_in_errors_are_postgresql_errors(

@@ -178,6 +178,10 @@ class CopyTransformer:
     `direction`: "in" for COPY FROM STDIN (client -> server), "out" for COPY TO
     STDOUT. Raises CopyValueError for bad data, values the column type rejects
     (the codec's SQLSTATE and message) and values that fail to decrypt (XX001).
+    `server_columns` is the column count of the server's CopyIn/OutResponse: when it
+    differs from `columns`, pgcloak's idea of the data layout is wrong, so no byte is
+    passed either way (a plaintext field would reach the server, or ciphertext the
+    client) and the first feed or finish raises instead.
     """
 
     def __init__(
@@ -188,8 +192,17 @@ class CopyTransformer:
         direction: Literal["in", "out"],
         ring: Keyring,
         fmt: SessionFormat,
+        server_columns: int | None = None,
     ) -> None:
         self.options = options
+        self._mismatch: CopyValueError | None = None
+        if server_columns is not None and server_columns != len(columns):
+            self._mismatch = CopyValueError(
+                "0A000",
+                f"pgcloak cannot place the encrypted columns in this COPY's data: the server "
+                f"copies {server_columns} columns where pgcloak expected {len(columns)}",
+                hint="List the columns to copy explicitly.",
+            )
         self.direction = direction
         self.fmt = fmt
         self.ncols = len(columns)
@@ -221,6 +234,8 @@ class CopyTransformer:
 
     def feed(self, data: bytes) -> bytes:
         """The transformed bytes for as many complete rows as `data` completes."""
+        if self._mismatch is not None:
+            raise self._mismatch
         if self._done:
             if self.options.format == "binary" and data:
                 raise CopyValueError(BAD_COPY, "received copy data after EOF marker")
@@ -230,6 +245,8 @@ class CopyTransformer:
 
     def finish(self) -> bytes:
         """What is left at CopyDone (a last line without newline); raises on a partial row."""
+        if self._mismatch is not None:
+            raise self._mismatch
         if self._done:
             return b""
         out = self._run(final=True)

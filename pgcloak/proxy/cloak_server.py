@@ -302,8 +302,9 @@ class ServerSide(ClientSide):
         if head is not None and head.copy is not None:
             cols, opts = head.copy
             self.copy_in = CopyTransformer(
-                cols, opts, direction="in", ring=self.keyring(), fmt=self.fmt
-            )
+                cols, opts, direction="in", ring=self.keyring(), fmt=self.fmt,
+                server_columns=_copy_columns(buf, start, end),
+            )  # fmt: skip
         return None
 
     def _s_copy_out(self, buf: bytes, start: int, end: int) -> bytes | None:
@@ -311,8 +312,9 @@ class ServerSide(ClientSide):
         if head is not None and head.copy is not None and self.rows_table is not None:
             cols, opts = head.copy
             self.copy_out = CopyTransformer(
-                cols, opts, direction="out", ring=self.keyring(), fmt=self.fmt
-            )
+                cols, opts, direction="out", ring=self.keyring(), fmt=self.fmt,
+                server_columns=_copy_columns(buf, start, end),
+            )  # fmt: skip
             self.rows_table[ord("d")] = self._s_copy_data
             self.rows_table[ord("c")] = self._s_copy_done
         return None
@@ -422,3 +424,10 @@ def _registry_error(fields: dict[str, str]) -> bytes:
         fields.get("C", "XX000"),
         "pgcloak could not record this change in its registry",
     ).encode()
+
+
+def _copy_columns(buf: bytes, start: int, end: int) -> int | None:
+    """The column count of a CopyInResponse/CopyOutResponse (None if cut short)."""
+    if end - start < 8:
+        return None
+    return int.from_bytes(buf[start + 6 : start + 8], "big")

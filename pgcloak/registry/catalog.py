@@ -56,7 +56,7 @@ __all__ = [
 
 # -- the load query (pgcloak/registry/load_sql.py) ---------------------------------------
 
-_WIDTHS = (1, 1, 1, 12, 3, 4, 10, 8, 4, 2, 5, 4)  # columns per result set, checked on parse
+_WIDTHS = (1, 1, 1, 12, 3, 5, 10, 8, 4, 2, 5, 4)  # columns per result set, checked on parse
 
 
 class RegistryUnavailable(RegistryError):
@@ -131,6 +131,7 @@ class Metadata:
 
     relations: dict[_Key, str] = field(default_factory=dict)  # -> relkind
     columns: dict[_Key, dict[int, str]] = field(default_factory=dict)  # attnum -> attname
+    generated: set[tuple[str, str, str]] = field(default_factory=set)  # (schema, rel, attname)
     constraints: dict[tuple[str, str, str], _ConMeta] = field(default_factory=dict)
     indexes: dict[_Key, _IndexMeta] = field(default_factory=dict)
     sequences: dict[_Key, tuple[str, int]] = field(default_factory=dict)  # -> table, attnum
@@ -148,6 +149,8 @@ class Metadata:
             meta.relations[(_s(r[0]), _s(r[1]))] = _s(r[2])
         for r in cols:
             meta.columns.setdefault((_s(r[0]), _s(r[1])), {})[int(_s(r[2]))] = _s(r[3])
+            if _s(r[4]) == "t":
+                meta.generated.add((_s(r[0]), _s(r[1]), _s(r[3])))
         for r in cons:
             ref = None if r[6] is None else (_s(r[5]), _s(r[6]))
             keys = tuple(dict.fromkeys(n for n in (*_nums(r[4]), *_nums(r[8])) if n > 0))
@@ -269,7 +272,15 @@ class RegistryCatalog(MemoryCatalog):
             schema,
             obj.name,
             phys,
-            tuple(Column(c.name, c.physical_name, _column_policy(c)) for c in ordered),
+            tuple(
+                Column(
+                    c.name,
+                    c.physical_name,
+                    _column_policy(c),
+                    (schema, phys, c.physical_name) in meta.generated,
+                )
+                for c in ordered
+            ),
             _COLUMN_HOLDERS[obj.kind],
             _view_reads(registry, meta.view_reads.get((schema, phys), [])) if view else None,
             *_inheritance(registry, meta, schema, phys),

@@ -26,9 +26,9 @@ _REGISTERED = (
 RELATIONS_SQL = (
     f"SELECT n.nspname, c.relname, c.relkind {_REGISTERED}WHERE o.kind IN ('t','i','s','v','m')"
 )
-# Live columns of registered tables/views: (nspname, relname, attnum, attname).
+# Live columns of registered tables/views: (nspname, relname, attnum, attname, generated).
 COLUMNS_SQL = (
-    f"SELECT n.nspname, c.relname, a.attnum, a.attname {_REGISTERED}"
+    f"SELECT n.nspname, c.relname, a.attnum, a.attname, a.attgenerated <> '' {_REGISTERED}"
     "JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid "
     "WHERE o.kind IN ('t','v','m') AND a.attnum > 0 AND NOT a.attisdropped"
 )

@@ -9,7 +9,7 @@ physical names differ), so duplicates are refused here with PostgreSQL's errors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from pgcloak.registry.names import (
@@ -428,6 +428,7 @@ class TableBuilder:
 # (CONSTRAINTS, INDEXES, IDENTITY and STATISTICS would make PostgreSQL name new objects;
 # COMMENTS live in the registry, where LIKE does not look.)
 _LIKE_OPTIONS = (1 << 1) | (1 << 3) | (1 << 4) | (1 << 8)
+_LIKE_GENERATED = 1 << 4
 
 
 def _like(a: Analyzer, clause: Node) -> tuple[Column, ...]:
@@ -448,7 +449,18 @@ def _like(a: Analyzer, clause: Node) -> tuple[Column, ...]:
             "0A000",
             "pgcloak supports LIKE ... INCLUDING DEFAULTS, GENERATED, STORAGE and COMPRESSION only",
         )
-    return src.columns
+    if clause.get("options", 0) & _LIKE_GENERATED:
+        return src.columns
+    # Without INCLUDING GENERATED, PostgreSQL copies generated columns as plain ones.
+    return tuple(replace(c, generated=False) if c.generated else c for c in src.columns)
+
+
+def is_generated(coldef: Node) -> bool:
+    """Whether a column definition says GENERATED ALWAYS AS (...) STORED."""
+    return any(
+        con["Constraint"].get("contype") == "CONSTR_GENERATED"
+        for con in coldef.get("constraints", ())
+    )
 
 
 def uncloaked_create(a: Analyzer, rv: Node) -> bool:
@@ -518,6 +530,8 @@ def create_table(a: Analyzer, body: Node) -> None:
             if inherit is not None and inherit.partition:
                 raise CloakError("42703", f'column "{cname}" does not exist')
             col = new_column(a, schema, cname, taken)
+            if is_generated(eb):
+                col = replace(col, generated=True)
             a.edits.set(tok, col.physical)
             columns.append(col)
             coldefs.append((eb, col))

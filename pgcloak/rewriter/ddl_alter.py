@@ -24,7 +24,7 @@ from pgcloak.rewriter.catalog import (
     RenameTable,
     creation_schema,
 )
-from pgcloak.rewriter.ddl import TableBuilder, new_column
+from pgcloak.rewriter.ddl import TableBuilder, is_generated, new_column
 from pgcloak.rewriter.ddl_misc import drop_objects
 from pgcloak.rewriter.dml import item_starts
 from pgcloak.rewriter.plan import CloakError
@@ -140,6 +140,8 @@ def _alter_cmd(a: Analyzer, rel: Relation, cmd: Node, start: int, end: int) -> R
             if old is not None
             else new_column(a, rel.schema, name, {c.physical for c in rel.columns})
         )
+        if old is None and is_generated(coldef):
+            col = replace(col, generated=True)
         a.edits.set(tok, col.physical)
         working = rel if old is not None else replace(rel, columns=(*rel.columns, col))
         builder = TableBuilder(a, working, existing=True)

@@ -434,7 +434,9 @@ class _Pass(ExprWalker):
             self.cond(body.get("whereClause"))
             if rel is None:
                 return
-            names = [_sval(s) for s in body.get("attlist", ())] or [c.name for c in rel.columns]
+            names = [_sval(s) for s in body.get("attlist", ())] or [
+                c.name for c in rel.columns if not c.generated
+            ]
             encs = [t[0] for n in names if (t := self.target(rel, n)) is not None]
         else:
             query = body["query"]

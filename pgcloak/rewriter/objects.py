@@ -55,6 +55,8 @@ class Column:
     name: str = field(repr=False)
     physical: str
     policy: ColumnPolicy | None = None  # encrypted column (pgcloak.rewriter.policy)
+    # GENERATED ALWAYS AS (...) STORED: not in the data of COPY without a column list.
+    generated: bool = False
 
 
 @dataclass(frozen=True)
