@@ -276,3 +276,31 @@ def test_the_upstream_holds_no_plaintext(
     assert dump.returncode == 0, dump.stderr
     for marker in (MARKER, "ann@x.com", "1990-05-01", '"k"'):
         assert marker not in dump.stdout
+
+
+def test_results_refused_when_the_table_changed_behind_pgcloak(
+    setup: tuple[psycopg.Connection[Any], psycopg.Connection[Any], ProxyProcess, str],
+    pg: PgServer,
+) -> None:
+    """A column dropped directly on the database shifts the encrypted columns of `*`:
+    pgcloak refuses the result instead of showing ciphertext or decrypting the wrong
+    field."""
+    _, enc, proxy, db = setup
+    enc.execute("CREATE TABLE gen (id int, note text, email text, code text)")
+    enc.execute("INSERT INTO gen VALUES (1, 'n', 'e@x', 'c')")
+    with psycopg.connect(pg.dsn(db), autocommit=True) as direct:
+        table = direct.execute(
+            "SELECT c.relname, a.attname FROM pg_class c"
+            " JOIN pgcloak.objects o ON o.physical_name = c.relname AND o.kind = 't'"
+            " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = 2"
+            " ORDER BY o.created_at DESC LIMIT 1"
+        ).fetchone()
+        assert table is not None
+        direct.execute(f'ALTER TABLE public."{table[0]}" DROP COLUMN "{table[1]}"')
+    with psycopg.connect(proxy.dsn(db), autocommit=True) as fresh:
+        for binary in (False, True):
+            with pytest.raises(psycopg.errors.InternalError_, match="cannot match"):
+                fresh.execute("SELECT * FROM gen", binary=binary).fetchall()
+        with pytest.raises(psycopg.errors.InternalError_, match="cannot match"):
+            fresh.execute("SELECT * FROM gen WHERE email = %s", ("e@x",)).fetchall()
+        assert fresh.execute("SELECT 1").fetchone() == (1,)  # the session goes on

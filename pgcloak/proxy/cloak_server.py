@@ -143,7 +143,12 @@ class ServerSide(ClientSide):
         cached = self.ctx.rowdesc.get(key) if self.private is None else None
         if cached is None or cached[0] is not output or cached[1] is not enc:
             renamed = rename_fields(body, output, self.unmasker().names)
-            typed_formats = (renamed, None) if enc is None else describe_row(renamed[5:], enc)
+            try:
+                typed_formats = (renamed, None) if enc is None else describe_row(renamed[5:], enc)
+            except ValueError_ as exc:
+                self.poisoned = True  # fail the statement: no row of it can be read
+                self._head_changed()
+                return ErrorResponse.make("ERROR", exc.sqlstate, exc.message).encode()
             cached = (output, enc, typed_formats[0], typed_formats[1])
             if self.private is None:
                 if len(self.ctx.rowdesc) >= 4096:

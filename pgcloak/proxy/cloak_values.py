@@ -49,6 +49,7 @@ _INSERT_KEY = (
 )
 BYTEA = 17
 _FIELD = struct.Struct("!IhIhih")
+BYTEA_OID = 17  # what every encrypted column is on the server
 _I16 = struct.Struct("!h")
 _NULL = b"\xff\xff\xff\xff"
 
@@ -333,17 +334,33 @@ def describe_params(body: bytes, slots: Mapping[int, EncColumnLike]) -> bytes:
 # -- results --------------------------------------------------------------------------
 
 
+_RESULT_MISMATCH = (
+    "pgcloak cannot match the server's result columns with the statement's encrypted "
+    "columns (was the table changed directly on the database?)"
+)
+
+
 def describe_row(body: bytes, output: Sequence[EncColumnLike | None]) -> tuple[bytes, list[int]]:
-    """RowDescription with declared types for encrypted outputs; also the field formats."""
+    """RowDescription with declared types for encrypted outputs; also the field formats.
+
+    Raises ValueError_ when the server's columns are not what the plan expects (another
+    count, or a non-bytea type where ciphertext should be): the plan's idea of the
+    result is wrong (say, a column dropped behind pgcloak's back), so no row of it
+    can be decrypted safely.
+    """
     count = _I16.unpack_from(body, 0)[0]
+    if count != len(output):
+        raise ValueError_("XX000", _RESULT_MISMATCH)
     pos = 2
     parts = [body[:2]]
     formats: list[int] = []
     for k in range(count):
         end = body.index(b"\0", pos)
         table, column, oid, size, typmod, f = _FIELD.unpack_from(body, end + 1)
-        col = output[k] if k < len(output) else None
+        col = output[k]
         if col is not None:
+            if oid != BYTEA_OID:
+                raise ValueError_("XX000", _RESULT_MISMATCH)
             t = encrypted_type(col.type_sql)
             oid, size, typmod = t.oid, t.typlen, t.typmod
         parts.append(body[pos : end + 1] + _FIELD.pack(table, column, oid, size, typmod, f))
