@@ -359,6 +359,16 @@ EXTRA: list[str | Stmt] = [
     ),
     Stmt("COPY audit_log (entry_text) FROM STDIN WITH (FORMAT csv)", copy_in='"a,b"\n\n'),
     "SELECT entry_text, logged_at FROM audit_log ORDER BY entry_id",
+    # HEADER: the header line names the client's columns (pgcloak writes it)
+    "COPY audit_log TO STDOUT WITH (FORMAT csv, HEADER)",
+    "COPY products (unit_price, product_code) TO STDOUT (HEADER)",
+    'COPY (SELECT email AS "E-mail, primary", loyalty_points FROM customers ORDER BY cust_id) '
+    "TO STDOUT WITH CSV HEADER",
+    "COPY (SELECT entry_text FROM audit_log ORDER BY entry_id) TO STDOUT (FORMAT csv, HEADER 1)",
+    Stmt(
+        "COPY audit_log (entry_text) FROM STDIN WITH (FORMAT csv, HEADER)",
+        copy_in="entry_text\nwith header\n",
+    ),
     "COPY no_such_table TO STDOUT",
     # -- views -------------------------------------------------------------------------
     "CREATE VIEW paid_orders AS SELECT order_no, cust_id, order_total FROM orders "

@@ -81,7 +81,14 @@ def _copy_out(conn: psycopg.Connection[Any], sql: str) -> bytes:
 
 @pytest.mark.parametrize(
     "options",
-    ["", "(FORMAT csv)", "(FORMAT binary)", "(FORMAT csv, DELIMITER '|', NULL 'nil', QUOTE '''')"],
+    [
+        "",
+        "(FORMAT csv)",
+        "(FORMAT binary)",
+        "(FORMAT csv, DELIMITER '|', NULL 'nil', QUOTE '''')",
+        "(FORMAT csv, HEADER)",
+        "(HEADER true, DELIMITER ';')",
+    ],
 )
 def test_copy_out_matches_a_plain_database(
     setup: tuple[psycopg.Connection[Any], psycopg.Connection[Any], ProxyProcess, str],
@@ -177,6 +184,20 @@ def test_copy_refuses_data_it_cannot_place(
             _copy_out(fresh, "COPY gen TO STDOUT")
     with psycopg.connect(pg.dsn(db), autocommit=True) as direct:
         assert direct.execute(f'SELECT count(*) FROM public."{table[0]}"').fetchone() == (0,)
+
+
+def test_copy_in_with_header_skips_the_header_line(
+    setup: tuple[psycopg.Connection[Any], psycopg.Connection[Any], ProxyProcess, str],
+) -> None:
+    plain, enc, _, _ = setup
+    data = _copy_out(plain, "COPY people TO STDOUT (FORMAT csv, HEADER)")
+    assert data.startswith(b"id,email,ssn,")
+    for conn in (plain, enc):
+        conn.execute("TRUNCATE people")
+        with conn.cursor().copy("COPY people FROM STDIN (FORMAT csv, HEADER)") as cp:
+            cp.write(data)
+    out = "COPY people TO STDOUT (FORMAT csv, HEADER)"
+    assert _copy_out(enc, out) == _copy_out(plain, out) == data
 
 
 def test_copy_in_errors_are_postgresql_errors(

@@ -212,11 +212,8 @@ CORPUS: list[Step] = [
 
 # Statements PostgreSQL would run (or fail differently) that pgcloak refuses: (sql, words).
 REFUSALS = [
-    ("COPY customers TO STDOUT (FORMAT csv, HEADER)", "HEADER"),
-    ("COPY customers TO STDOUT WITH CSV HEADER", "HEADER"),
-    ("COPY customers (email) TO STDOUT (HEADER on)", "HEADER"),
-    ("COPY (SELECT email FROM customers) TO STDOUT (FORMAT csv, HEADER 1)", "HEADER"),
     ("COPY customers FROM STDIN (FORMAT csv, HEADER match)", "HEADER MATCH"),
+    ("COPY customers TO '/srv/out.csv' (FORMAT csv, HEADER)", "server file with HEADER"),
     ("COPY customers TO '/tmp/customers.csv'", "file name"),
     ("COPY customer_archive FROM PROGRAM 'cat /srv/order_lines_2024.csv'", "PROGRAM"),
     ("COPY (SELECT 1) TO '/tmp/Products.txt'", "file name"),
@@ -364,6 +361,31 @@ def test_refusals_are_clear(sql: str, words: str) -> None:
     assert words in info.value.message
     assert "pgcloak" in info.value.message
     assert sql not in repr(info.value) and sql not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("sql", "names"),
+    [
+        (
+            "COPY customers TO STDOUT (FORMAT csv, HEADER)",
+            ("cust_id", "email", "full_name", "loyalty_points", "signup_day"),
+        ),
+        ("COPY customers (email, cust_id) TO STDOUT WITH CSV HEADER", ("email", "cust_id")),
+        ('COPY (SELECT email AS "Mail", 1 AS n FROM customers) TO STDOUT (HEADER 1)',
+         ("Mail", "n")),
+        ("COPY customers TO STDOUT (HEADER false)", None),
+        ("COPY customers FROM STDIN (FORMAT csv, HEADER)", None),
+        ("COPY customers TO STDOUT", None),
+    ],
+)  # fmt: skip
+def test_copy_to_with_header_carries_the_client_column_names(
+    sql: str, names: tuple[str, ...] | None
+) -> None:
+    """The proxy writes these in place of the server's header line (physical names)."""
+    (plan,) = plan_query(sql, _catalog())
+    assert plan.cloaked and plan.copy_header == names
+    assert plan.sql is not None and "email" not in plan.sql and "customers" not in plan.sql
+    assert "Mail" not in repr(plan) and "email" not in repr(plan)
 
 
 def test_plans_carry_prepared_statement_fields_and_are_cached() -> None:

@@ -45,7 +45,7 @@ from pgcloak.proxy.cloak_values import (
     encrypted_type,
 )
 
-__all__ = ["CopyOptions", "CopyTransformer", "CopyValueError", "copy_options"]
+__all__ = ["CopyOptions", "CopyTransformer", "CopyValueError", "copy_options", "header_line"]
 
 Format = Literal["text", "csv", "binary"]
 ForceSet = frozenset[int] | Literal["*"]
@@ -155,6 +155,22 @@ def _force(arg: Any, names: Sequence[str] | None) -> ForceSet:
             "FORCE_NULL on encrypted columns",
         )
     return frozenset(k for k, name in enumerate(names) if name in items)
+
+
+def header_line(names: Sequence[str], options: CopyOptions) -> bytes:
+    """The header line COPY TO writes for columns `names` (PostgreSQL 15's CopyTo: each
+    name escaped as a text field, or quoted as a CSV field when it needs quotes)."""
+    o = options
+    delim = o.delimiter.encode()[0] if o.delimiter else 0x09
+    if o.format == "csv":
+        quote = o.quote.encode()[0] if o.quote else 0x22
+        escape = o.escape.encode()[0] if o.escape else quote
+        null = o.null.encode()
+        single = len(names) == 1
+        fields = [csv_encode(n.encode(), delim, quote, escape, null, single=single) for n in names]
+    else:
+        fields = [text_escape(n.encode(), delim) for n in names]
+    return bytes([delim]).join(fields) + b"\n"
 
 
 # -- the transformer ----------------------------------------------------------------------

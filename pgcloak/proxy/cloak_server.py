@@ -13,7 +13,7 @@ from typing import Final
 
 from pgcloak.proxy.cloak_client import ClientSide
 from pgcloak.proxy.cloak_context import CloakContext
-from pgcloak.proxy.cloak_copy import CopyTransformer
+from pgcloak.proxy.cloak_copy import CopyTransformer, CopyValueError, copy_options, header_line
 from pgcloak.proxy.cloak_details import reveal_detail, reveal_truncated
 from pgcloak.proxy.cloak_results import (
     Unmasker,
@@ -34,6 +34,7 @@ from pgcloak.proxy.cloak_units import (
     U_PARSE,
     U_QEND,
     U_SYNC,
+    Unit,
 )
 from pgcloak.proxy.cloak_values import (
     ValueError_,
@@ -314,34 +315,73 @@ class ServerSide(ClientSide):
 
     def _s_copy_out(self, buf: bytes, start: int, end: int) -> bytes | None:
         head = self.units[0] if self.units else None
-        if head is not None and head.copy is not None and self.rows_table is not None:
+        if head is None or self.rows_table is None:
+            return None
+        names = head.plan.copy_header if head.plan is not None else None
+        if head.copy is None and names is None:
+            return None
+        columns = _copy_columns(buf, start, end)
+        if head.copy is not None:
             cols, opts = head.copy
             self.copy_out = CopyTransformer(
-                cols, opts, direction="out", ring=self.keyring(), fmt=self.fmt,
-                server_columns=_copy_columns(buf, start, end),
+                cols, dataclasses.replace(opts, header=False) if names is not None else opts,
+                direction="out", ring=self.keyring(), fmt=self.fmt, server_columns=columns,
             )  # fmt: skip
-            self.rows_table[ord("d")] = self._s_copy_data
-            self.rows_table[ord("c")] = self._s_copy_done
+        if names is not None:
+            self.copy_header = self._header_line(head, names, columns)
+        self.rows_table[ord("d")] = self._s_copy_data
+        self.rows_table[ord("c")] = self._s_copy_done
         return None
+
+    def _header_line(
+        self, head: Unit, names: tuple[str, ...], columns: int | None
+    ) -> bytes | ValueError_:
+        """The client's header line for COPY TO ... (HEADER), or why there is none."""
+        if columns != len(names):
+            return ValueError_(
+                "0A000",
+                "pgcloak cannot write the header line of this COPY: it does not know the "
+                "names of all its columns",
+            )
+        if head.copy is not None:
+            return header_line(names, head.copy[1])
+        assert head.plan is not None
+        try:
+            return header_line(names, copy_options(head.plan.source))
+        except CopyValueError as exc:
+            return exc
 
     def _end_copy_out(self) -> None:
         self.copy_out = None
+        self.copy_header = None
         if self.rows_table is not None:
             self.rows_table[ord("d")] = None
             self.rows_table[ord("c")] = None
 
     def _s_copy_data(self, buf: bytes, start: int, end: int) -> bytes | None:
+        if self.poisoned:
+            return b""
+        header = self.copy_header
+        if header is not None:
+            self.copy_header = None  # the server's header line is this message, alone
+            if isinstance(header, bytes):
+                return frame(b"d", header)
+            return self._fail_copy_out(header)
         copy = self.copy_out
-        if copy is None or self.poisoned:
-            return b"" if self.poisoned else None
+        if copy is None:
+            return None
         try:
             data = copy.feed(buf[start + 5 : end])
         except ValueError_ as exc:
-            self._end_copy_out()
-            self.poisoned = True
-            self._head_changed()
-            return ErrorResponse.make("ERROR", exc.sqlstate, exc.message).encode()
+            return self._fail_copy_out(exc)
         return frame(b"d", data) if data else b""
+
+    def _fail_copy_out(self, exc: ValueError_) -> bytes:
+        """End a COPY TO for the client with pgcloak's error (the server's rest is dropped)."""
+        self._end_copy_out()
+        self.poisoned = True
+        self._head_changed()
+        return ErrorResponse.make("ERROR", exc.sqlstate, exc.message).encode()
 
     def _s_copy_done(self, buf: bytes, start: int, end: int) -> bytes | None:
         copy = self.copy_out
@@ -351,9 +391,7 @@ class ServerSide(ClientSide):
         try:
             tail = copy.finish()
         except ValueError_ as exc:
-            self.poisoned = True
-            self._head_changed()
-            return ErrorResponse.make("ERROR", exc.sqlstate, exc.message).encode()
+            return self._fail_copy_out(exc)
         return (frame(b"d", tail) if tail else b"") + buf[start:end]
 
     def _s_notification(self, buf: bytes, start: int, end: int) -> bytes | None:

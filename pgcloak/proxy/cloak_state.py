@@ -20,7 +20,7 @@ from pgcloak.proxy.cloak_copy import CopyTransformer
 from pgcloak.proxy.cloak_results import Unmasker
 from pgcloak.proxy.cloak_settings import Unreported
 from pgcloak.proxy.cloak_units import U_INTERNAL, Prepared, Unit
-from pgcloak.proxy.cloak_values import Keyring
+from pgcloak.proxy.cloak_values import Keyring, ValueError_
 from pgcloak.proxy.stats import Metrics
 from pgcloak.registry.store import Registry
 from pgcloak.rewriter import Catalog, EncColumn, Plan
@@ -75,6 +75,8 @@ class SessionState(metaclass=ABCMeta):
         self.poisoned = False  # a value failed to decrypt: drop the rest until ReadyForQuery
         self.copy_in: CopyTransformer | None = None  # client CopyData being encrypted
         self.copy_out: CopyTransformer | None = None  # server CopyData being decrypted
+        # COPY TO (HEADER): the line to send in place of the server's (physical) header.
+        self.copy_header: bytes | ValueError_ | None = None
         self.copy_in_failed = False  # pgcloak failed a COPY FROM STDIN: drop the client's rest
         self.sealed: dict[str, str] = {}  # ciphertext prefix -> plaintext, latest statement
         self.path_dirty = False

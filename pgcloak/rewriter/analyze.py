@@ -122,6 +122,8 @@ class Analyzer(ABC):
         # A literal naming a cloaked relation was rewritten ('t'::regclass, nextval('s')):
         # what the server prints of it (a regclass, pg_get_serial_sequence) is physical.
         self.names_in_values = False
+        # COPY ... TO ... (HEADER): the data's column names as the client knows them.
+        self.copy_header: tuple[str, ...] | None = None
         # Opaque alias -> the client's name (aliases, CTE and window names); see new_alias.
         self.aliases: dict[str, str] = {}
         self._alias_of: dict[str, str] = {}

@@ -2,10 +2,11 @@
 
 COPY: the table and its column list (or the query), the column lists of
 FORCE_QUOTE / FORCE_NOT_NULL / FORCE_NULL and the WHERE of COPY FROM are
-rewritten. The proxy does not touch the data stream, so what would put names
-into it is refused: HEADER on COPY TO (the server would write physical column
-names into the header line) and HEADER MATCH on COPY FROM (it would compare the
-client's header with physical names). Server files and PROGRAM are allowed as
+rewritten. HEADER on COPY TO gets the data's semantic column names
+(`Plan.copy_header`): the proxy writes them in place of the header line the
+server sends, which names physical columns. HEADER MATCH on COPY FROM is
+refused (the server would compare the client's header with physical names).
+Server files and PROGRAM are allowed as
 PostgreSQL allows them (superuser or pg_read/write_server_files, pg_execute_
 server_program): they move data, not names. Their file name or command goes to
 the server as written, though, so one that spells a cloaked name is refused.
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from pgcloak.rewriter import dml
 from pgcloak.rewriter.analyze import iter_relnames
+from pgcloak.rewriter.objects import Relation
 from pgcloak.rewriter.plan import CloakError
 from pgcloak.rewriter.scope import Col, Item, Node, Scope, node_kind, relation_cols
 
@@ -149,8 +151,10 @@ def copy(a: Analyzer, body: Node) -> None:
     """COPY table [(cols)] FROM/TO ..., COPY (query) TO ... (see the module docstring)."""
     is_from = bool(body.get("is_from"))
     relname: str | None = None
+    item_rel: Relation | None = None
     if body.get("relation") is not None:
         item, tok = _relation(a, body["relation"])
+        item_rel = item.relation
         names = [_sval(s) for s in body.get("attlist", ())]
         if item.relation is not None:
             relname = item.relation.name
@@ -170,20 +174,23 @@ def copy(a: Analyzer, body: Node) -> None:
             for name, t in zip(names, _option_columns(a, opt, names), strict=True):
                 _column(a, cols, name, t, relname)
         elif defname == "header":
-            header, problem = _header_on(opt), None
+            header = _header_on(opt)
             if header == "match" and is_from:
-                problem = (
-                    "COPY FROM with HEADER MATCH on cloaked objects: the server would compare "
-                    "the header line with physical column names"
+                err = CloakError(
+                    "0A000",
+                    "pgcloak does not support COPY FROM with HEADER MATCH on cloaked objects: "
+                    "the server would compare the header line with physical column names",
                 )
-            elif header == "on" and not is_from:  # (MATCH is an error for COPY TO)
-                problem = (
-                    "COPY TO with HEADER on cloaked objects: the header line would carry "
-                    "physical column names"
-                )
-            if problem is not None:
-                err = CloakError("0A000", f"pgcloak does not support {problem}")
                 a.fail(err, a.ts.at(opt.get("location", 0)))
+            elif header == "on" and not is_from:  # (MATCH is an error for COPY TO)
+                if body.get("filename") is not None:
+                    err = CloakError(
+                        "0A000",
+                        "pgcloak does not support COPY TO a server file with HEADER on cloaked "
+                        "objects: the header line would carry physical column names",
+                    )
+                    a.fail(err, a.ts.at(opt.get("location", 0)))
+                a.copy_header = _data_names(body, item_rel, cols)
     filename = body.get("filename")
     if filename is not None and spells_cloaked(str(filename), _names_of(a, body)):
         a.touched = True
@@ -191,6 +198,17 @@ def copy(a: Analyzer, body: Node) -> None:
         raise CloakError(
             "0A000", f"pgcloak does not support a COPY {what} that spells a cloaked name"
         )
+
+
+def _data_names(body: Node, rel: Relation | None, cols: list[Col] | None) -> tuple[str, ...]:
+    """The names COPY TO writes in its header line: the column list, else the table's
+    columns without generated ones (what COPY copies), else the query's output names."""
+    attlist = [_sval(s) for s in body.get("attlist", ())]
+    if attlist:
+        return tuple(attlist)
+    if rel is not None:
+        return tuple(c.name for c in rel.columns if not c.generated)
+    return tuple(c.name for c in cols or ())
 
 
 # -- MERGE ------------------------------------------------------------------------------

@@ -126,6 +126,9 @@ class Plan:
       per output position the column whose ciphertext it carries (None: plain),
       itself None when no position does; `copy_columns` the same for COPY's data
       (the table's columns, or the query's for COPY (query) TO).
+    * `copy_header`: for COPY ... TO ... (HEADER) on cloaked objects, the column
+      names (semantic: never log them) the proxy writes in place of the server's
+      header line.
     """
 
     statement: str
@@ -148,6 +151,7 @@ class Plan:
     param_slots: tuple[tuple[int, EncColumn], ...] = ()
     output_columns: tuple[EncColumn | None, ...] | None = None
     copy_columns: tuple[EncColumn | None, ...] | None = None
+    copy_header: tuple[str, ...] | None = field(default=None, repr=False)
 
     @property
     def registry_only(self) -> bool:

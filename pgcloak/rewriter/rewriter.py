@@ -208,7 +208,7 @@ def _plan_statement(
                     a.registry_only, cloaked=True, notice_names=notices)  # fmt: skip
     plan = Plan(kind, source, (start, end), text, pmap, output, tuple(a.changes), cloaked=True,
                 maps_values=a.names_in_values, notice_names=notices,
-                aliases=tuple(a.aliases.items()))  # fmt: skip
+                aliases=tuple(a.aliases.items()), copy_header=a.copy_header)  # fmt: skip
     return plan if found is None else encrypted.finish(plan, found)
 
 
