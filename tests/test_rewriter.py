@@ -354,7 +354,7 @@ def test_ddl_then_use_in_one_query_string(cat: MemoryCatalog) -> None:
         ("SELECT * FROM ROWS FROM (generate_series(1, 2)) g, customers", "0A000", "ROWS FROM"),
         ("SELECT a.b.c.d FROM customers", "0A000", "four-part"),
         ("SELECT (c).* FROM customers c", "0A000", ".* expansion"),
-        ("COPY customers TO STDOUT (FORMAT csv, HEADER)", "0A000", "HEADER"),
+        ("COPY customers FROM STDIN (FORMAT csv, HEADER MATCH)", "0A000", "HEADER MATCH"),
         ("DO $$BEGIN DELETE FROM customers; END$$", "0A000", "DoStmt"),
         ("PREPARE customers AS SELECT email FROM customers", "0A000", "prepared statement"),
         ("DROP INDEX customers_email_key", "2BP01", "cannot drop index customers_email_key "
