@@ -13,6 +13,7 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 import pytest
 from encrypt_support import BUGS, MODES, SHORT, TYPE_BY_COL, TYPES, Pair, TypeCase, crc, xfail
 from psycopg.types.numeric import Int2, Int4, Int8
@@ -247,3 +248,36 @@ def test_ciphertext_literals_without_standard_strings(pair: Pair) -> None:
         ("RESET standard_conforming_strings", None, {}),
         ("DELETE FROM m_det WHERE id = -78", None, {}),
     ])  # fmt: skip
+
+
+def _position(conn: Any, sql: str) -> tuple[str | None, int | None]:
+    """SQLSTATE and error position (1-based, None: none) of a failing statement."""
+    try:
+        conn.execute(sql.encode(), prepare=False)
+    except psycopg.Error as exc:
+        pos = exc.diag.statement_position
+        return exc.sqlstate, None if pos is None else int(pos)
+    raise AssertionError(f"did not fail: {sql}")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "INSERT INTO {t} (id, c_int2) VALUES (-41, '40000')",  # input error: at the literal
+        "INSERT INTO {t} (id, c_date) VALUES (-42, 'notadate')",
+        "UPDATE {t} SET c_bool = 'maybe' WHERE id = -43",
+        "INSERT INTO {t} (id, c_bool) VALUES (-44, 1)",  # 42804: at the literal
+        "INSERT INTO {t} (id, c_int2) VALUES (-45, 40000)",  # cast at execution: none
+        "INSERT INTO {t} (id, c_varchar) VALUES (-46, 'thirteen char')",  # typmod: none
+        "INSERT INTO {t} (id, c_numeric) VALUES (-47, 1e10)",
+        "SELECT 1;\nSELECT id FROM {t} WHERE c_uuid = 'not-a-uuid'",  # second statement
+        "SELECT id FROM {t} WHERE c_json = '[1]'",  # 42883: at the operator
+    ],
+)
+def test_bad_literal_errors_point_where_postgresql_does(pair: Pair, mode: str, sql: str) -> None:
+    """psql shows `LINE 1: ... ^` from the error position: the same as PostgreSQL's."""
+    if "WHERE c_" in sql and mode != MODES[0]:
+        pytest.skip("equality on a randomized column is refused (0A000) before any value")
+    text = sql.format(t=f"m_{SHORT[mode]}")
+    assert _position(pair.b, text) == _position(pair.a, text)

@@ -20,6 +20,7 @@ from typing import Protocol
 
 from pgcloak.crypto.codecs import CodecError, SessionFormat, TypeCodec, codec_for, parse_type
 from pgcloak.crypto.codecs.convert import literal_value, to_column
+from pgcloak.crypto.codecs.literals import UNKNOWN as UNKNOWN_OID
 from pgcloak.crypto.keys import MasterKey
 from pgcloak.crypto.values import (
     ColumnCipher,
@@ -74,13 +75,19 @@ class ValueError_(Exception):
     """
 
     def __init__(
-        self, sqlstate: str, message: str, detail: str | None = None, hint: str | None = None
+        self,
+        sqlstate: str,
+        message: str,
+        detail: str | None = None,
+        hint: str | None = None,
+        position: int | None = None,
     ) -> None:
         super().__init__(sqlstate)
         self.sqlstate = sqlstate
         self.message = message
         self.detail = detail
         self.hint = hint
+        self.position = position  # 1-based, in characters of the statement's SQL
 
     @classmethod
     def of(cls, exc: CodecError) -> ValueError_:
@@ -89,7 +96,9 @@ class ValueError_(Exception):
 
     def refusal(self) -> CloakError:
         """The refusal the client gets instead of the statement."""
-        return CloakError(self.sqlstate, self.message, hint=self.hint, detail=self.detail)
+        return CloakError(
+            self.sqlstate, self.message, self.position, hint=self.hint, detail=self.detail
+        )
 
 
 @dataclass(frozen=True)
@@ -259,8 +268,11 @@ class Sealer:
             try:
                 oid, text = literal_value(sql[start:end], self.fmt.standard_conforming_strings)
             except CodecError as exc:
-                raise ValueError_.of(exc) from None
-            sealed = None if text is None else self.seal(col, text, None, oid)
+                raise _at_literal(ValueError_.of(exc), start) from None
+            try:
+                sealed = None if text is None else self.seal(col, text, None, oid)
+            except ValueError_ as exc:
+                raise (_at_literal(exc, start) if _parse_time(exc, oid) else exc) from None
             out.append("NULL" if sealed is None else bytea_literal(sealed))
             prev = end
         out.append(sql[prev:])
@@ -304,6 +316,23 @@ class Sealer:
             values.append(_NULL if value is None else len(value).to_bytes(4, "big") + value)
         head = _I16.pack(len(new_formats)) + b"".join(_I16.pack(f) for f in new_formats)
         return frame(b"B", names + head + _I16.pack(nparams) + b"".join(values) + buf[p:end])
+
+
+def _parse_time(exc: ValueError_, oid: int) -> bool:
+    """Whether PostgreSQL raises this error while parsing the statement, with the literal's
+    position (the client sees `LINE 1: ... ^`): a quoted (unknown-type) literal's input
+    error, or a type mismatch (42804). Casts of typed literals (numbers) and the column's
+    typmod (22001 value too long, numeric field overflow) fail at execution, unplaced."""
+    if exc.sqlstate in ("42804", "42883"):
+        return True
+    if oid != UNKNOWN_OID:
+        return False
+    return exc.sqlstate != "22001" and exc.message != "numeric field overflow"
+
+
+def _at_literal(exc: ValueError_, start: int) -> ValueError_:
+    exc.position = start + 1
+    return exc
 
 
 def bytea_literal(ciphertext: bytes) -> str:

@@ -383,13 +383,15 @@ class ExprWalker(ABC):
             return
         enc, other = (left, right) if left.enc is not None else (right, left)
         assert enc.col is not None and enc.enc is not None
-        node = enc.inner or node  # point at the encrypted column
+        operator = node  # PostgreSQL's operator errors point at the operator
+        node = enc.inner or node  # refusals point at the encrypted column
         if not enc.enc.deterministic:
             raise self.refuse(EQUALITY, enc.col, node)
         if _no_equality(enc.enc):
             raise CloakError(
                 "42883",
                 "operator does not exist: json = unknown",
+                self.pos(operator),
                 hint="No operator matches the given name and argument types. You might need "
                 "to add explicit type casts.",
             )
