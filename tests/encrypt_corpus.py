@@ -181,6 +181,17 @@ READS: list[str | Stmt] = [
     "SELECT email FROM acct INTERSECT SELECT email FROM contact",
     "SELECT * FROM acct_active ORDER BY id",
     f"SELECT id, name FROM acct_active WHERE email = '{ANN}'",
+    "CREATE VIEW acct_txn AS SELECT a.id, a.email, a.name, t.id AS txn_id, t.amount "
+    "FROM acct a JOIN txn t ON t.acct_email = a.email",
+    f"SELECT txn_id, name, amount FROM acct_txn WHERE email = '{ANN}' ORDER BY txn_id",
+    P("SELECT id FROM acct WHERE pin IN (%t, %t) ORDER BY id", (Int4(7), Int4(MARK_NUMBER))),
+    P("SELECT id FROM acct WHERE email IN (SELECT email FROM contact WHERE phone IS NOT NULL) "
+      "AND pin = %b ORDER BY id", (Int4(MARK_NUMBER),)),
+    "SELECT a.id, count(t.id) FROM acct a LEFT JOIN txn t ON t.acct_email = a.email "
+    "GROUP BY a.id ORDER BY a.id",
+    "SELECT c.kind, count(DISTINCT c.email) FROM contact c GROUP BY c.kind ORDER BY 1",
+    "SELECT * FROM acct a JOIN LATERAL (SELECT t.amount FROM txn t "
+    "WHERE t.acct_email = a.email ORDER BY t.id LIMIT 1) x ON true ORDER BY a.id",
     # prepared at the SQL level (no encrypted parameter), and at the protocol level
     "PREPARE by_id (int) AS SELECT id, email, pin, tags FROM acct WHERE id = $1",
     "EXECUTE by_id(1)",
@@ -211,6 +222,15 @@ CHANGES: list[str | Stmt] = [
     "DELETE FROM contact WHERE email IN ('nobody@example.com', 'x') RETURNING id",
     "DELETE FROM contact WHERE email IS NULL AND id > 210 RETURNING id, kind",
     f"DELETE FROM acct WHERE email = '{BOB}'",  # referenced by txn: 23503
+    P("UPDATE acct SET balance = %b, tags = %b, active = %b WHERE code = %b "
+      "RETURNING id, balance, tags, active",
+      (Decimal("-73645.91"), [f"{MARK}-bin", None], False, "ZQM-002")),
+    "WITH moved AS (UPDATE acct SET note = 'touched' WHERE pin = 7 RETURNING id, email, name) "
+    "SELECT * FROM moved ORDER BY id",
+    "UPDATE txn t SET qty = 70 FROM acct a WHERE a.email = t.acct_email AND a.pin = 7 "
+    "RETURNING t.id, t.acct_email, t.qty",
+    "DELETE FROM contact c USING acct a WHERE c.email = a.email AND a.pin = 7 "
+    "AND c.kind = 'copied' RETURNING c.id, c.email",
     # ON CONFLICT on UNIQUE deterministic columns
     f"INSERT INTO acct (id, email, code, pin) VALUES (20, '{MARK}-ned@example.com', 'ZQM-001', 1) "
     "ON CONFLICT (code) DO NOTHING",
@@ -225,6 +245,14 @@ CHANGES: list[str | Stmt] = [
     "MERGE INTO acct a USING stage s ON a.email = s.email WHEN MATCHED AND s.pin IS NOT NULL "
     "THEN UPDATE SET pin = s.pin WHEN NOT MATCHED THEN INSERT (id, email, pin) "
     "VALUES (s.id, s.email, s.pin)",
+    # E22: a VALUES list's columns count as plain columns (refused), rolled back on both sides
+    "BEGIN",
+    P(f"MERGE INTO acct a USING (VALUES (50, '{MARK}-val@example.com', 50)) v(id, email, pin) "
+      "ON a.email = v.email WHEN NOT MATCHED THEN INSERT (id, email, pin) "
+      "VALUES (v.id, v.email, v.pin)", known=(Known("E22"),)),
+    P("SELECT a.id FROM acct a JOIN (VALUES ('zqmark-ann@example.com')) v(e) ON a.email = v.e",
+      known=(Known("E22"),)),
+    "ROLLBACK",
     f"MERGE INTO contact c USING acct a ON c.email = a.email WHEN MATCHED AND a.pin = 7 "
     f"THEN UPDATE SET phone = '{MARK}-merged' WHEN MATCHED THEN DO NOTHING",
     "SELECT * FROM acct ORDER BY id",
