@@ -78,13 +78,15 @@ WRITES: list[str | Stmt] = [
     f"1e2, CAST('{MARK_DAY}' AS date), CAST('yes' AS boolean)) RETURNING *",
     f"INSERT INTO acct (id, email, pin, balance, tags) VALUES (5, $q${MARK}-eve@example.com$q$, "
     "'  42 ', -.25, '{}') RETURNING id, email, pin, balance, tags",
-    # E19: an ARRAY[...] constructor is refused for an encrypted column (in a block that
-    # is rolled back, so the refusal changes nothing else)
-    "BEGIN",
-    P(f"INSERT INTO acct (id, email, tags) VALUES (10, '{MARK}-arr@example.com', "
-      f"ARRAY['{MARK}-z', NULL]) RETURNING tags", known=(Known("E19"),)),
-    P("SELECT tags FROM acct WHERE id = 10", known=(Known("E19"),)),
-    "ROLLBACK",
+    # ARRAY[...] of literals (E19, fixed)
+    f"INSERT INTO acct (id, email, tags) VALUES (10, '{MARK}-arr@example.com', "
+    f"ARRAY['{MARK}-z', NULL]) RETURNING tags",
+    "UPDATE acct SET tags = ARRAY[[1, 2], [3, 4]] WHERE id = 10 RETURNING tags",
+    "UPDATE acct SET tags = ARRAY[1, 'x'] WHERE id = 10",
+    "INSERT INTO tm_det (id, c_int_arr, c_num_arr) VALUES (9000, ARRAY[1.5, -2], "
+    "ARRAY[[1.555], [NULL]]) RETURNING c_int_arr, c_num_arr",
+    "SELECT id FROM tm_det WHERE c_int_arr = ARRAY[2, -2]",
+    "DELETE FROM tm_det WHERE id = 9000",
     # -- parameters: typed text, typed binary, untyped text ------------------------------
     P("INSERT INTO acct (id, email, name, pin, born, active) VALUES (%t, %t, %t, %t, %t, %t) "
       "RETURNING id, email, name, pin, born, active",

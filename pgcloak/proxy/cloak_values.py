@@ -29,6 +29,12 @@ from pgcloak.crypto.values import (
     LocalKeyWrapper,
     new_data_key,
 )
+from pgcloak.proxy.array_ctor import (
+    ElementError,
+    UnplacedError,
+    array_value,
+    is_array_constructor,
+)
 from pgcloak.proxy.wire import frame
 from pgcloak.registry.model import Kind, Write
 from pgcloak.registry.store import Registry
@@ -265,8 +271,16 @@ class Sealer:
         prev = 0
         for start, end, col in sorted(slots, key=lambda s: s[0]):
             out.append(sql[prev:start])
+            raw = sql[start:end]
             try:
-                oid, text = literal_value(sql[start:end], self.fmt.standard_conforming_strings)
+                if is_array_constructor(raw):
+                    oid, text = array_value(raw, self.fmt)  # type: tuple[int, str | None]
+                else:
+                    oid, text = literal_value(raw, self.fmt.standard_conforming_strings)
+            except ElementError as exc:
+                raise _at_literal(ValueError_.of(exc), start + exc.offset) from None
+            except UnplacedError as exc:
+                raise ValueError_.of(exc) from None
             except CodecError as exc:
                 raise _at_literal(ValueError_.of(exc), start) from None
             try:
