@@ -47,6 +47,18 @@ def _param(table: str, col: str, ident: int, *, tag: str, value: Any, fmt: str) 
     )
 
 
+def _copies(table: str, col: str, base: int, text: str) -> list[Stmt]:
+    """The value as COPY FROM data, text and csv format (and a NULL row in each)."""
+    escaped = text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+    quoted = '"' + text.replace('"', '""') + '"'
+    return [
+        Stmt(f"COPY {table} (id, tag, {col}) FROM STDIN",
+             copy_in=f"{base + 71}\tcopy\t{escaped}\n{base + 72}\tcopy\t\\N\n"),
+        Stmt(f"COPY {table} (id, tag, {col}) FROM STDIN WITH (FORMAT csv)",
+             copy_in=f"{base + 73},csv,{quoted}\n{base + 74},csv,\n"),
+    ]  # fmt: skip
+
+
 def _writes(table: str, number: int, case: TypeCase) -> list[Stmt]:
     base, col = 100 * number, case.col
     lits = [(base + i, f"lit{i}", lit) for i, lit in enumerate(case.literals)]
@@ -68,6 +80,7 @@ def _writes(table: str, number: int, case: TypeCase) -> list[Stmt]:
     untyped = _untyped(case)
     if untyped is not None:
         out.append(_param(table, col, base + 70, tag="pu", value=untyped, fmt="t"))
+        out += _copies(table, col, base, untyped)
     # E20: psql shows the CONTEXT line ("JSON data, line 1: ...") PostgreSQL adds to bad json.
     e20 = (Known("E20", frozenset({"psql"})),) if case.col in ("c_json", "c_jsonb") else ()
     for k, (bad, _state) in enumerate(case.bad[:2]):

@@ -217,6 +217,9 @@ def test_corpus_covers_what_the_issue_asks(runs: Runs) -> None:
                       "CAST(", "E'", "PREPARE", "EXECUTE", "COPY", "acct_active",
                       "ROLLBACK TO SAVEPOINT"):  # fmt: skip
         assert construct in words, construct
+    assert len(ok) >= 900  # mostly statements that work, not errors on both sides
+    copied = [s for s, a, _ in steps if "FROM STDIN" in s.sql and (a.tag or "").startswith("COPY")]
+    assert len(copied) >= 80
     states = {a.sqlstate for _, a, _ in steps if a.sqlstate}
     assert {"0A000", "23505", "23503", "23502", "22P02", "22001", "22003", "25P02"} <= states
 
