@@ -34,7 +34,9 @@ class Stmt:
     `params` are bound by psycopg (extended protocol) and inlined for psql;
     `prepare` asks psycopg for a named prepared statement; `copy_in` is the data
     of a COPY ... FROM STDIN; `explain` marks output that is only checked for
-    running and for physical names (plans and costs may differ).
+    running and for physical names (plans and costs may differ). `plain_sql`, when
+    set, is what the plain side runs instead (a statement pgcloak refuses on purpose:
+    the plain side runs one that fails the same way, so the states afterwards compare).
     """
 
     sql: str
@@ -42,6 +44,11 @@ class Stmt:
     prepare: bool = False
     copy_in: str | None = None
     known: tuple[Known, ...] = ()
+    plain_sql: str | None = None
+
+    def on_plain(self) -> Stmt:
+        """The statement as the plain side runs it."""
+        return self if self.plain_sql is None else replace(self, sql=self.plain_sql)
 
     @property
     def explain(self) -> bool:

@@ -46,6 +46,8 @@ class Outcome:
     message: tuple[str | None, ...] | None = None  # only for MESSAGE_STATES
     notices: tuple[str, ...] = ()
     status: str = ""
+    # The error's primary text whatever its SQLSTATE (not compared: for refusal checks).
+    primary: str | None = field(default=None, compare=False)
     # Everything the client saw, for the physical-name check (not compared).
     seen: str = field(default="", compare=False, repr=False)
 
@@ -66,7 +68,9 @@ def _error_outcome(exc: psycopg.Error) -> Outcome:
         message = (d.message_primary,)
         if state is not None and state.startswith("23"):
             message += (d.message_detail, d.table_name, d.column_name, d.constraint_name)
-    return Outcome(sqlstate=state or LOST, message=message, seen=repr(fields))
+    return Outcome(
+        sqlstate=state or LOST, message=message, primary=d.message_primary, seen=repr(fields)
+    )
 
 
 class PsycopgClient:
@@ -170,7 +174,7 @@ def drive(
     steps: list[tuple[Stmt, Outcome, Outcome]] = []
 
     def step(stmt: Stmt) -> Outcome:
-        out_a = a.run(stmt)
+        out_a = a.run(stmt.on_plain())
         out_b = b.run(stmt)
         steps.append((stmt, out_a, out_b))
         if after_a is not None:

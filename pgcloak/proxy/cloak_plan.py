@@ -291,7 +291,12 @@ class Planner(RegistryLoader):
         assert plan.sql is not None
         if not plan.value_slots:
             return plan.sql
-        return self._sealer().literals(plan.sql, plan.value_slots)
+        try:
+            return self._sealer().literals(plan.sql, plan.value_slots)
+        except ValueError_ as exc:
+            if exc.position is not None:  # in plan.sql: map to the client's text
+                exc.position = plan.original_position(exc.position)
+            raise
 
     def _output_enc(
         self, plan: Plan

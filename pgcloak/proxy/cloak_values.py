@@ -20,6 +20,7 @@ from typing import Protocol
 
 from pgcloak.crypto.codecs import CodecError, SessionFormat, TypeCodec, codec_for, parse_type
 from pgcloak.crypto.codecs.convert import literal_value, to_column
+from pgcloak.crypto.codecs.literals import UNKNOWN as UNKNOWN_OID
 from pgcloak.crypto.keys import MasterKey
 from pgcloak.crypto.values import (
     ColumnCipher,
@@ -27,6 +28,12 @@ from pgcloak.crypto.values import (
     KeyWrapper,
     LocalKeyWrapper,
     new_data_key,
+)
+from pgcloak.proxy.array_ctor import (
+    ElementError,
+    UnplacedError,
+    array_value,
+    is_array_constructor,
 )
 from pgcloak.proxy.wire import bind_parts, frame
 from pgcloak.registry.model import Kind, Write
@@ -75,13 +82,19 @@ class ValueError_(Exception):
     """
 
     def __init__(
-        self, sqlstate: str, message: str, detail: str | None = None, hint: str | None = None
+        self,
+        sqlstate: str,
+        message: str,
+        detail: str | None = None,
+        hint: str | None = None,
+        position: int | None = None,
     ) -> None:
         super().__init__(sqlstate)
         self.sqlstate = sqlstate
         self.message = message
         self.detail = detail
         self.hint = hint
+        self.position = position  # 1-based, in characters of the statement's SQL
 
     @classmethod
     def of(cls, exc: CodecError) -> ValueError_:
@@ -90,7 +103,9 @@ class ValueError_(Exception):
 
     def refusal(self) -> CloakError:
         """The refusal the client gets instead of the statement."""
-        return CloakError(self.sqlstate, self.message, hint=self.hint, detail=self.detail)
+        return CloakError(
+            self.sqlstate, self.message, self.position, hint=self.hint, detail=self.detail
+        )
 
 
 @dataclass(frozen=True)
@@ -257,11 +272,22 @@ class Sealer:
         prev = 0
         for start, end, col in sorted(slots, key=lambda s: s[0]):
             out.append(sql[prev:start])
+            raw = sql[start:end]
             try:
-                oid, text = literal_value(sql[start:end], self.fmt.standard_conforming_strings)
-            except CodecError as exc:
+                if is_array_constructor(raw):
+                    oid, text = array_value(raw, self.fmt)  # type: tuple[int, str | None]
+                else:
+                    oid, text = literal_value(raw, self.fmt.standard_conforming_strings)
+            except ElementError as exc:
+                raise _at_literal(ValueError_.of(exc), start + exc.offset) from None
+            except UnplacedError as exc:
                 raise ValueError_.of(exc) from None
-            sealed = None if text is None else self.seal(col, text, None, oid)
+            except CodecError as exc:
+                raise _at_literal(ValueError_.of(exc), start) from None
+            try:
+                sealed = None if text is None else self.seal(col, text, None, oid)
+            except ValueError_ as exc:
+                raise (_at_literal(exc, start) if _parse_time(exc, oid) else exc) from None
             out.append("NULL" if sealed is None else bytea_literal(sealed))
             prev = end
         out.append(sql[prev:])
@@ -294,6 +320,23 @@ class Sealer:
         head = _I16.pack(len(new_formats)) + b"".join(_I16.pack(f) for f in new_formats)
         nparams = _I16.pack(len(values))
         return frame(b"B", bind.names + head + nparams + b"".join(values) + buf[bind.tail : end])
+
+
+def _parse_time(exc: ValueError_, oid: int) -> bool:
+    """Whether PostgreSQL raises this error while parsing the statement, with the literal's
+    position (the client sees `LINE 1: ... ^`): a quoted (unknown-type) literal's input
+    error, or a type mismatch (42804). Casts of typed literals (numbers) and the column's
+    typmod (22001 value too long, numeric field overflow) fail at execution, unplaced."""
+    if exc.sqlstate in ("42804", "42883"):
+        return True
+    if oid != UNKNOWN_OID:
+        return False
+    return exc.sqlstate != "22001" and exc.message != "numeric field overflow"
+
+
+def _at_literal(exc: ValueError_, start: int) -> ValueError_:
+    exc.position = start + 1
+    return exc
 
 
 def bytea_literal(ciphertext: bytes) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from pgcloak.rewriter.catalog import EncColumn
-from pgcloak.rewriter.enc_tokens import Ctx, literal_range, refusal, strip_casts
+from pgcloak.rewriter.enc_tokens import Ctx, array_range, literal_range, refusal, strip_casts
 from pgcloak.rewriter.plan import CloakError
 from pgcloak.rewriter.scope import Col, Node, node_kind
 
@@ -89,10 +89,22 @@ class Operand:
     inner: Node | None = None
     casts: list[Node] = field(default_factory=list)
     col: Col | None = None
+    array: bool = False  # a lit that is an ARRAY[...] of literals (inner: the A_ArrayExpr)
 
     @property
     def enc(self) -> EncColumn | None:
         return self.col.enc if self.col is not None else None
+
+
+def _constant_array(body: Node) -> bool:
+    """An ARRAY[...] whose elements are all literals (or all such sub-arrays), uncast:
+    the proxy builds its value as PostgreSQL would (pgcloak/proxy/array_ctor.py)."""
+    kinds = [node_kind(e) for e in body.get("elements") or ()]
+    if not kinds:
+        return False
+    if all(k == "A_Const" for k, _ in kinds):
+        return True
+    return all(k == "A_ArrayExpr" and _constant_array(b) for k, b in kinds)
 
 
 def _sval(node: Node) -> str:
@@ -352,6 +364,8 @@ class ExprWalker(ABC):
             return Operand("null" if body.get("isnull") else "lit", node, body, casts)
         if kind == "ParamRef":
             return Operand("param", node, body, casts)
+        if kind == "A_ArrayExpr" and not casts and _constant_array(body):
+            return Operand("lit", node, body, casts, array=True)
         if kind == "SetToDefault" and not casts:
             return Operand("default", node)
         if casts:
@@ -383,13 +397,15 @@ class ExprWalker(ABC):
             return
         enc, other = (left, right) if left.enc is not None else (right, left)
         assert enc.col is not None and enc.enc is not None
-        node = enc.inner or node  # point at the encrypted column
+        operator = node  # PostgreSQL's operator errors point at the operator
+        node = enc.inner or node  # refusals point at the encrypted column
         if not enc.enc.deterministic:
             raise self.refuse(EQUALITY, enc.col, node)
         if _no_equality(enc.enc):
             raise CloakError(
                 "42883",
                 "operator does not exist: json = unknown",
+                self.pos(operator),
                 hint="No operator matches the given name and argument types. You might need "
                 "to add explicit type casts.",
             )
@@ -413,7 +429,7 @@ class ExprWalker(ABC):
 
     def slot(self, op: Operand, enc: EncColumn) -> None:
         assert op.inner is not None
-        span = literal_range(self.a, op.inner)
+        span = array_range(self.a, op.inner) if op.array else literal_range(self.a, op.inner)
         prev = self.found.slots.get(span)
         if prev is not None and not same_key(prev, enc):
             raise CloakError(

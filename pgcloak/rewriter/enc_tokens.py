@@ -186,6 +186,30 @@ def literal_range(a: Analyzer, const: Node) -> tuple[int, int]:
     return ts.toks[tok].start, ts.toks[last].end + 1
 
 
+def array_range(a: Analyzer, array: Node) -> tuple[int, int]:
+    """[start, end) of an `ARRAY[...]` constructor of literals (each element checked as
+    `literal_range` checks a literal; NULL elements need no check)."""
+    ts = a.ts
+    tok = ts.at(array.get("location", 0))
+    bracket = tok + 1
+    if ts.name(tok) != "ARRAY" or ts.name(bracket) != "ASCII_91" or ts.match[bracket] < 0:
+        raise CloakError(
+            "0A000", "pgcloak does not support this form of ARRAY for an encrypted column",
+            ts.pos(tok),
+        )  # fmt: skip
+    _check_elements(a, array)
+    return ts.toks[tok].start, ts.toks[ts.match[bracket]].end + 1
+
+
+def _check_elements(a: Analyzer, array: Node) -> None:
+    for element in array.get("elements") or ():
+        (kind, body), *_ = element.items()
+        if kind == "A_ArrayExpr":
+            _check_elements(a, body)
+        elif not body.get("isnull"):
+            literal_range(a, body)
+
+
 def strip_casts(a: Analyzer, casts: list[Node], inner: Node) -> None:
     """Take the casts off a value going to an encrypted column (the server sees bytea).
 
