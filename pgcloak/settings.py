@@ -10,17 +10,22 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
-import ipaddress
-import math
 import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, cast
-from urllib.parse import parse_qsl, unquote, urlsplit
 
+from pgcloak import settings_values as sv
 from pgcloak.config import Config, Upstream
+from pgcloak.settings_values import (
+    KEK_KINDS,
+    SSLMODES,
+    parse_host_port,
+    parse_size,
+    parse_upstream_url,
+)
 
 __all__ = [
     "CONFIG_OPTION",
@@ -34,18 +39,12 @@ __all__ = [
     "parse_upstream_url",
 ]
 
-SSLMODES = ("disable", "prefer", "require", "verify-ca", "verify-full")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 MODES = ("dev", "prod")
 CLOAK_MODES = ("auto", "on", "off")
-MIN_MESSAGE_SIZE = 1 << 10
-MAX_MESSAGE_SIZE = 1 << 30
 # TOML tables (not scalar options): [encrypt] column encryption rules.
 RESERVED_TABLES = ("encrypt",)
-_DISABLED = ("", "off", "none", "false", "disabled")
-_URL_PARAMS = ("host", "port", "dbname", "sslmode", "sslrootcert", "sslcert", "sslkey")
-_URL_SHAPE = "postgresql://[user@]host[:port][/dbname][?sslmode=...]"
 
 _D = Config()
 
@@ -84,7 +83,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "upstream",
         "URL",
-        f"the real PostgreSQL server, {_URL_SHAPE} (also postgres://; query parameters "
+        f"the real PostgreSQL server, {sv.URL_SHAPE} (also postgres://; query parameters "
         "sslmode, sslrootcert, sslcert, sslkey; a unix-socket directory via ?host=/path)",
         f"postgresql://{_D.upstream.host}:{_D.upstream.port}",
     ),
@@ -255,10 +254,6 @@ class _Source:
         return _Source(self.kind, f"{param} in {self.name}", self.path)
 
 
-class _Invalid(Exception):
-    """A parser's reason for rejecting a value; the caller adds name and origin."""
-
-
 _Raw = tuple[object, _Source]
 _Layer = dict[str, _Raw]
 
@@ -276,348 +271,33 @@ def _redact_url(text: str) -> str:
     return f"{m.group(1)}:***@{text[m.end() :]}" if m else text
 
 
-# --------------------------------------------------------------------------------------
-# Value parsers. Each raises _Invalid(reason) (public ones raise ValueError).
-
-
-def _as_str(value: object) -> str:
-    if not isinstance(value, str):
-        raise _Invalid(f"expected a string, got {type(value).__name__}")
-    return value
-
-
-def _port(text: str, *, allow_zero: bool) -> int:
-    if not text.isascii() or not text.isdigit():
-        raise _Invalid(f"port {text!r} is not a number")
-    port = int(text)
-    low = 0 if allow_zero else 1
-    if not low <= port <= 65535:
-        raise _Invalid(f"port {port} is out of range {low}-65535")
-    return port
-
-
-_HOSTNAME = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_.])?$")
-
-
-def _host(text: str) -> str:
-    if text.startswith("[") and text.endswith("]"):
-        inner = text[1:-1]
-        try:
-            ipaddress.IPv6Address(inner)
-        except ValueError:
-            raise _Invalid(f"{inner!r} is not an IPv6 address") from None
-        return inner
-    if ":" in text:
-        raise _Invalid("IPv6 addresses must be in brackets, e.g. [::1]:6432")
-    if not _HOSTNAME.match(text):
-        raise _Invalid(f"{text!r} is not a valid host name or address")
-    return text
-
-
-def _host_port(value: object, *, allow_zero: bool = True) -> tuple[str, int]:
-    text = _as_str(value).strip()
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port:
-        raise _Invalid("expected HOST:PORT")
-    return _host(host), _port(port, allow_zero=allow_zero)
-
-
-def parse_host_port(text: str) -> tuple[str, int]:
-    """Parse 'HOST:PORT' / '[v6]:PORT'; port 0 asks the OS for a free port."""
-    try:
-        return _host_port(text)
-    except _Invalid as exc:
-        raise ValueError(str(exc)) from None
-
-
-def _admin(value: object) -> tuple[str, int] | None:
-    if value is False:
-        return None
-    if isinstance(value, str) and value.strip().lower() in _DISABLED:
-        return None
-    return _host_port(value)
-
-
-@dataclass(frozen=True)
-class _Url:
-    host: str
-    port: int
-    dbname: str | None
-    params: dict[str, str]  # the ssl* query parameters present in the URL
-
-
-def _url(value: object) -> _Url:
-    text = _as_str(value).strip()
-    scheme, sep, rest = text.partition("://")
-    if not sep or scheme.lower() not in ("postgresql", "postgres"):
-        raise _Invalid(f"expected {_URL_SHAPE}")
-    if "#" in rest:
-        raise _Invalid("URL fragments (#...) are not allowed")
-    rest, _, query = rest.partition("?")
-    netloc, _, path = rest.partition("/")
-    # user[:password]@ is accepted and ignored: clients authenticate as themselves.
-    hostport = netloc.rpartition("@")[2]
-    if "," in hostport:
-        raise _Invalid("multiple hosts are not supported")
-    if hostport.startswith("["):
-        end = hostport.find("]")
-        if end < 0:
-            raise _Invalid("unterminated '[' in IPv6 host")
-        host_text, port_text = unquote(hostport[: end + 1]), hostport[end + 1 :]  # %25 zone
-        if port_text and not port_text.startswith(":"):
-            raise _Invalid(f"unexpected {port_text!r} after IPv6 host")
-        port_text = port_text[1:]
-    else:
-        host_text, _, port_text = hostport.partition(":")
-        host_text = unquote(host_text)  # %2Fvar%2Frun%2Fpostgresql is a socket directory
-    params: dict[str, str] = {}
-    if query:
-        try:
-            pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
-        except ValueError:
-            raise _Invalid(f"malformed query string {query!r}") from None
-        for key, val in pairs:
-            if key not in _URL_PARAMS:
-                raise _Invalid(
-                    f"unsupported query parameter {key!r} (supported: {', '.join(_URL_PARAMS)})"
-                )
-            params[key] = val
-    host_text = params.pop("host", host_text)
-    port_text = params.pop("port", port_text)
-    dbname = params.pop("dbname", unquote(path)) or None
-    if not host_text:
-        raise _Invalid(f"missing host; expected {_URL_SHAPE}")
-    host = host_text if host_text.startswith("/") else _host(host_text)
-    port = _port(port_text, allow_zero=False) if port_text else 5432
-    return _Url(host, port, dbname, params)
-
-
-def parse_upstream_url(text: str) -> Upstream:
-    """Parse a postgresql:// URL into an `Upstream` (ssl query parameters included)."""
-    try:
-        u = _url(text)
-    except _Invalid as exc:
-        raise ValueError(str(exc)) from None
-    sslmode = u.params.get("sslmode", Upstream.sslmode)
-    if sslmode not in SSLMODES:
-        raise ValueError(f"sslmode {sslmode!r}: expected one of {', '.join(SSLMODES)}")
-    return Upstream(
-        host=u.host,
-        port=u.port,
-        dbname=u.dbname,
-        sslmode=sslmode,
-        sslrootcert=u.params.get("sslrootcert") or None,
-        sslcert=u.params.get("sslcert") or None,
-        sslkey=u.params.get("sslkey") or None,
-    )
-
-
-_SIZE = re.compile(r"^\s*(\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1 << 10,
-    "kb": 1 << 10,
-    "kib": 1 << 10,
-    "m": 1 << 20,
-    "mb": 1 << 20,
-    "mib": 1 << 20,
-    "g": 1 << 30,
-    "gb": 1 << 30,
-    "gib": 1 << 30,
-}
-
-
-def _size(value: object) -> int:
-    if isinstance(value, bool):
-        raise _Invalid("expected a size like 65536, '64MB' or '1GiB'")
-    if isinstance(value, int):
-        n = value
-    elif isinstance(value, str):
-        m = _SIZE.match(value)
-        if not m or m.group(2).lower() not in _UNITS:
-            raise _Invalid("expected a size like 65536, '64MB' or '1GiB'")
-        n = int(m.group(1)) * _UNITS[m.group(2).lower()]
-    else:
-        raise _Invalid(f"expected a size like 65536, '64MB' or '1GiB', got {type(value).__name__}")
-    if not MIN_MESSAGE_SIZE <= n <= MAX_MESSAGE_SIZE:
-        raise _Invalid(f"must be between 1 KiB and 1 GiB ({MIN_MESSAGE_SIZE}-{MAX_MESSAGE_SIZE})")
-    return n
-
-
-def parse_size(text: str | int) -> int:
-    """Parse a byte size ('64MB', '1GiB', 65536; units are powers of 1024) within limits."""
-    try:
-        return _size(text)
-    except _Invalid as exc:
-        raise ValueError(str(exc)) from None
-
-
-MAX_WORKERS = 64
-
-
-def _workers(value: object) -> int:
-    text = _as_str(value).strip().lower() if not isinstance(value, int) else str(value)
-    if text == "":
-        return Config().workers
-    if text == "auto":
-        return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
-    try:
-        n = int(text)
-    except ValueError:
-        raise _Invalid("expected a whole number of processes or 'auto'") from None
-    if not 1 <= n <= MAX_WORKERS:
-        raise _Invalid(f"expected 1 to {MAX_WORKERS} processes or 'auto'")
-    return n
-
-
-def _count(value: object, default: int, limit: int) -> int:
-    text = _as_str(value).strip() if not isinstance(value, int) else str(value)
-    if text == "":
-        return default
-    try:
-        n = int(text)
-    except ValueError:
-        raise _Invalid("expected a whole number") from None
-    if not 0 <= n <= limit:
-        raise _Invalid(f"expected 0 to {limit}")
-    return n
-
-
-def _seconds(value: object, *, allow_zero: bool) -> float:
-    if isinstance(value, bool):
-        raise _Invalid("expected a number of seconds")
-    if isinstance(value, int | float):
-        n = float(value)
-    elif isinstance(value, str):
-        try:
-            n = float(value.strip())
-        except ValueError:
-            raise _Invalid("expected a number of seconds") from None
-    else:
-        raise _Invalid(f"expected a number of seconds, got {type(value).__name__}")
-    if not math.isfinite(n):
-        raise _Invalid("must be a finite number of seconds")
-    if n < 0:
-        raise _Invalid("must not be negative")
-    if n == 0 and not allow_zero:
-        raise _Invalid("must be greater than 0")
-    return n
-
-
-def _choice(choices: Sequence[str], *, upper: bool = False) -> Callable[[object], str]:
-    def parse(value: object) -> str:
-        text = _as_str(value).strip()
-        text = text.upper() if upper else text.lower()
-        if upper and text == "WARN":
-            text = "WARNING"
-        if text not in choices:
-            raise _Invalid(f"expected one of {', '.join(choices)}")
-        return text
-
-    return parse
-
-
-def _optional_str(value: object) -> str | None:
-    return _as_str(value).strip() or None
-
-
-def _patterns(value: object) -> tuple[str, ...]:
-    """'public.*, app.orders' or a TOML list -> ('public.*', 'app.orders'); '*' = all."""
-    items = value if isinstance(value, list) else _as_str(value).split(",")
-    out: list[str] = []
-    for item in items:
-        text = _as_str(item).strip()
-        if not text:
-            continue
-        if text.count(".") > 1:
-            raise _Invalid(f"{text!r} is not a schema or schema.table pattern")
-        out.append(text if "." in text else f"{text}.*")
-    return tuple(out) or ("*.*",)  # empty: the default, every table
-
-
-_REDIS_SHAPE = "redis://[:password@]host[:port][/db], rediss://... or unix:///path"
-
-
-def _redis_url(value: object) -> str | None:
-    """Validate the shape only; the bus connects lazily and tolerates an outage."""
-    text = _as_str(value).strip()
-    if text.lower() in _DISABLED:
-        return None
-    try:
-        parts = urlsplit(text)
-        parts.port  # noqa: B018 — raises ValueError for a bad port
-    except ValueError:
-        raise _Invalid(f"malformed URL; expected {_REDIS_SHAPE}") from None
-    scheme = parts.scheme.lower()
-    if scheme not in ("redis", "rediss", "unix") or "://" not in text:
-        raise _Invalid(f"expected {_REDIS_SHAPE}")
-    if scheme == "unix":
-        if not parts.path.startswith("/"):
-            raise _Invalid("expected unix:///absolute/path/to/redis.sock")
-    elif not parts.hostname:
-        raise _Invalid(f"missing host; expected {_REDIS_SHAPE}")
-    elif parts.path.strip("/") and not parts.path.strip("/").isdigit():
-        raise _Invalid("the database after the host must be a number, e.g. /0")
-    if importlib.util.find_spec("redis") is None:
-        raise _Invalid("needs the 'redis' package: pip install 'pgcloak[redis]'")
-    return text
-
-
-KEK_KINDS = ("local", "vault")
-_VAULT_KEY = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
-
-
-def _vault_url(value: object) -> str | None:
-    text = _as_str(value).strip()
-    if not text:
-        return None
-    try:
-        parts = urlsplit(text)
-        parts.port  # noqa: B018 — raises ValueError for a bad port
-    except ValueError:
-        raise _Invalid("malformed URL; expected http[s]://host[:port]") from None
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise _Invalid("expected http[s]://host[:port]")
-    if parts.username or parts.password:
-        raise _Invalid("credentials do not belong in the URL; use vault_token")
-    return text
-
-
-def _vault_key(value: object) -> str | None:
-    text = _as_str(value).strip()
-    if text and not _VAULT_KEY.match(text):
-        raise _Invalid("expected a transit key name, or MOUNT/NAME")
-    return text or None
-
-
 _PARSERS: dict[str, Callable[[object], object]] = {
-    "listen": _host_port,
-    "admin": _admin,
-    "tls_cert": _optional_str,
-    "tls_key": _optional_str,
-    "upstream_sslmode": _choice(SSLMODES),
-    "upstream_sslrootcert": _optional_str,
-    "upstream_sslcert": _optional_str,
-    "upstream_sslkey": _optional_str,
-    "max_message_size": _size,
-    "connect_timeout": lambda v: _seconds(v, allow_zero=False),
-    "startup_timeout": lambda v: _seconds(v, allow_zero=False),
-    "idle_timeout": lambda v: _seconds(v, allow_zero=True),
-    "shutdown_timeout": lambda v: _seconds(v, allow_zero=True),
-    "log_level": _choice(LOG_LEVELS, upper=True),
-    "log_format": _choice(LOG_FORMATS),
-    "mode": _choice(MODES),
-    "workers": _workers,
-    "cloak": lambda v: _choice(CLOAK_MODES)(v) if _as_str(v).strip() else "auto",
-    "cloak_tables": _patterns,
-    "master_key_file": _optional_str,
-    "redis": _redis_url,
-    "kek": lambda v: _choice(KEK_KINDS)(v) if _as_str(v).strip() else "local",
-    "vault_url": _vault_url,
-    "vault_token": _optional_str,
-    "vault_key": _vault_key,
-    "decrypt_cache": lambda v: _count(v, Config().decrypt_cache, 1 << 20),
+    "listen": sv.host_port,
+    "admin": sv.admin,
+    "tls_cert": sv.optional_str,
+    "tls_key": sv.optional_str,
+    "upstream_sslmode": sv.choice(SSLMODES),
+    "upstream_sslrootcert": sv.optional_str,
+    "upstream_sslcert": sv.optional_str,
+    "upstream_sslkey": sv.optional_str,
+    "max_message_size": sv.size,
+    "connect_timeout": lambda v: sv.seconds(v, allow_zero=False),
+    "startup_timeout": lambda v: sv.seconds(v, allow_zero=False),
+    "idle_timeout": lambda v: sv.seconds(v, allow_zero=True),
+    "shutdown_timeout": lambda v: sv.seconds(v, allow_zero=True),
+    "log_level": sv.choice(LOG_LEVELS, upper=True),
+    "log_format": sv.choice(LOG_FORMATS),
+    "mode": sv.choice(MODES),
+    "workers": sv.workers,
+    "cloak": lambda v: sv.choice(CLOAK_MODES)(v) if sv.as_str(v).strip() else "auto",
+    "cloak_tables": sv.patterns,
+    "master_key_file": sv.optional_str,
+    "redis": sv.redis_url,
+    "kek": lambda v: sv.choice(KEK_KINDS)(v) if sv.as_str(v).strip() else "local",
+    "vault_url": sv.vault_url,
+    "vault_token": sv.optional_str,
+    "vault_key": sv.vault_key,
+    "decrypt_cache": lambda v: sv.count(v, Config().decrypt_cache, 1 << 20),
 }
 _PATH_KEYS = (
     "tls_cert",
@@ -714,8 +394,8 @@ def load_config(
     if chosen is not None:
         raw, src = chosen
         try:
-            text = _as_str(raw).strip()
-        except _Invalid as exc:
+            text = sv.as_str(raw).strip()
+        except sv.Invalid as exc:
             problems.append(_problem(src, raw, str(exc)))
         else:
             if text:  # absolute, so a SIGHUP reload still finds it if the cwd changed
@@ -725,13 +405,13 @@ def load_config(
 
     # The effective upstream URL's query parameters count as given at the URL's level;
     # an explicit upstream_ssl* option at that same level wins over them.
-    url: _Url | None = None
+    url: sv.Url | None = None
     for layer in reversed(layers):
         if "upstream" in layer:
             raw, src = layer.pop("upstream")
             try:
-                url = _url(raw)
-            except _Invalid as exc:
+                url = sv.upstream_url(raw)
+            except sv.Invalid as exc:
                 problems.append(_problem(src, raw, str(exc)))
             else:
                 for param, val in url.params.items():
@@ -748,7 +428,7 @@ def load_config(
     for key, (raw, src) in merged.items():
         try:
             value = _PARSERS[key](raw)
-        except _Invalid as exc:
+        except sv.Invalid as exc:
             problems.append(_problem(src, raw, str(exc)))
             continue
         if key in _PATH_KEYS and isinstance(value, str):
@@ -792,8 +472,8 @@ def _vault_settings(
     """kek = vault: fill url and token from Vault's own variables; all three are needed."""
     if not values.get("vault_url") and env.get("VAULT_ADDR", "").strip():
         try:
-            values["vault_url"] = _vault_url(env["VAULT_ADDR"])
-        except _Invalid as exc:
+            values["vault_url"] = sv.vault_url(env["VAULT_ADDR"])
+        except sv.Invalid as exc:
             problems.append(_problem(_Source("env", "VAULT_ADDR"), env["VAULT_ADDR"], str(exc)))
             return
     if not values.get("vault_token") and env.get("VAULT_TOKEN", "").strip():
@@ -852,7 +532,7 @@ def _spelled(key: str, like: _Source) -> str:
     return {"flag": option.flag, "env": option.env, "file": option.key}[like.kind]
 
 
-def _build(values: dict[str, object], url: _Url | None, config_file: str | None) -> Config:
+def _build(values: dict[str, object], url: sv.Url | None, config_file: str | None) -> Config:
     d = Config()
     listen = cast(tuple[str, int], values.get("listen", (d.listen_host, d.listen_port)))
     admin = cast(tuple[str, int] | None, values.get("admin", (d.admin_host, d.admin_port)))
