@@ -56,6 +56,39 @@ class Outcome:
         return replace(self, names=None, rows=None, message=None, notices=())
 
 
+@dataclass
+class Run:
+    """One client's pass over a corpus: the databases used and what each side saw."""
+
+    client: str
+    db_a: str
+    db_b: str
+    steps: list[tuple[Stmt, Outcome, Outcome]] = field(default_factory=list)
+    statements: int = 0  # corpus statements run (without the wrapper's)
+
+    def _bug(self, stmt: Stmt) -> str | None:
+        return next((k.bug for k in stmt.known if k.applies(self.client)), None)
+
+    def difference(self, stmt: Stmt, a: Outcome, b: Outcome) -> str | None:
+        """Why B's outcome is not acceptable next to A's (None: it is). EXPLAIN output
+        is compared reduced (plans and costs may differ)."""
+        ca, cb = (a.reduced(), b.reduced()) if stmt.explain else (a, b)
+        return None if ca == cb else f"A: {a}\n    B: {b}"
+
+    def mismatches(self, bug: str | None = None) -> list[str]:
+        """Steps that differ (or show a physical name), among those of `bug` (None: no bug)."""
+        out: list[str] = []
+        for i, (stmt, a, b) in enumerate(self.steps):
+            if self._bug(stmt) != bug:
+                continue
+            problem = self.difference(stmt, a, b)
+            if problem is not None:
+                out.append(f"[{i}] {stmt.sql} {stmt.params or ''}\n    {problem}")
+            if PHYSICAL.search(b.seen):
+                out.append(f"[{i}] {stmt.sql}\n    physical name seen by B: {b.seen}")
+        return out
+
+
 def _error_outcome(exc: psycopg.Error) -> Outcome:
     d = exc.diag
     state = exc.sqlstate

@@ -370,3 +370,12 @@ def xfail(bug: str, *values: Any, id: str) -> Any:
     return pytest.param(
         *values, id=id, marks=pytest.mark.xfail(strict=True, reason=f"{bug}: {BUGS}")
     )
+
+
+def copy_out(conn: psycopg.Connection[Any], sql: str) -> bytes:
+    """Everything a COPY ... TO STDOUT sends, as bytes."""
+    out = bytearray()
+    with conn.cursor().copy(sql) as cp:
+        for chunk in cp:
+            out += chunk
+    return bytes(out)

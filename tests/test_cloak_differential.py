@@ -21,13 +21,13 @@ from __future__ import annotations
 import re
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 import pytest
 from cloak_corpus import ALL_SEMANTIC_NAMES, Stmt, full_corpus
-from cloak_runner import PHYSICAL, Outcome, PsycopgClient, drive, psql_script, run_psql
+from cloak_runner import PHYSICAL, Outcome, PsycopgClient, Run, drive, psql_script, run_psql
 from helpers import PgServer, ProxyLauncher, ProxyProcess
 from pglast import keywords
 
@@ -36,33 +36,6 @@ from pgcloak.registry.install import install
 
 CORPUS = full_corpus()
 BUGS = "see docs/known-issues.md"
-
-
-@dataclass
-class Run:
-    """One client's pass over the corpus: databases used and what each side saw."""
-
-    client: str
-    db_a: str
-    db_b: str
-    steps: list[tuple[Stmt, Outcome, Outcome]] = field(default_factory=list)
-    statements: int = 0  # corpus statements run (without the wrapper's)
-
-    def _bug(self, stmt: Stmt) -> str | None:
-        return next((k.bug for k in stmt.known if k.applies(self.client)), None)
-
-    def mismatches(self, bug: str | None = None) -> list[str]:
-        """Steps that differ (or show a physical name), among those of `bug` (None: no bug)."""
-        out: list[str] = []
-        for i, (stmt, a, b) in enumerate(self.steps):
-            if self._bug(stmt) != bug:
-                continue
-            ca, cb = (a.reduced(), b.reduced()) if stmt.explain else (a, b)
-            if ca != cb:
-                out.append(f"[{i}] {stmt.sql}\n    A: {a}\n    B: {b}")
-            if PHYSICAL.search(b.seen):
-                out.append(f"[{i}] {stmt.sql}\n    physical name seen by B: {b.seen}")
-        return out
 
 
 @dataclass

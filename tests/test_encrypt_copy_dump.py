@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from encrypt_support import copy_out
 from helpers import PgServer, ProxyProcess
 
 DDL = (
@@ -71,14 +72,6 @@ def setup(  # noqa: PLR0917 - pytest fixtures
     enc.close()
 
 
-def _copy_out(conn: psycopg.Connection[Any], sql: str) -> bytes:
-    out = bytearray()
-    with conn.cursor().copy(sql) as cp:
-        for chunk in cp:
-            out += chunk
-    return bytes(out)
-
-
 @pytest.mark.parametrize(
     "options",
     [
@@ -100,7 +93,7 @@ def test_copy_out_matches_a_plain_database(
         f"COPY people (email, id, score) TO STDOUT {options}",
         f"COPY (SELECT id, email, doc FROM people WHERE email = 'ann@x.com') TO STDOUT {options}",
     ):
-        assert _copy_out(enc, sql) == _copy_out(plain, sql), sql
+        assert copy_out(enc, sql) == copy_out(plain, sql), sql
 
 
 def test_copy_in_round_trips_every_format(
@@ -108,12 +101,12 @@ def test_copy_in_round_trips_every_format(
 ) -> None:
     plain, enc, _, _ = setup
     for fmt in ("text", "csv", "binary"):
-        data = _copy_out(plain, f"COPY people TO STDOUT (FORMAT {fmt})")
+        data = copy_out(plain, f"COPY people TO STDOUT (FORMAT {fmt})")
         for conn in (plain, enc):
             conn.execute("TRUNCATE people")
             with conn.cursor().copy(f"COPY people FROM STDIN (FORMAT {fmt})") as cp:
                 cp.write(data)
-        assert _copy_out(enc, "COPY people TO STDOUT") == _copy_out(plain, "COPY people TO STDOUT")
+        assert copy_out(enc, "COPY people TO STDOUT") == copy_out(plain, "COPY people TO STDOUT")
     # What the database stores is ciphertext.
     assert enc.execute("SELECT id FROM people WHERE email = 'bob\\x@y.com'").fetchall() == [(2,)]
 
@@ -142,15 +135,15 @@ def test_copy_skips_generated_columns_as_postgresql_does(
         conn.execute("INSERT INTO gen_like SELECT 7, 14, 'l@x', 'c7', 8")
     for table in ("gen", "gen_like"):
         out = f"COPY {table} TO STDOUT (FORMAT {fmt})"
-        data = _copy_out(plain, out)
-        assert _copy_out(enc, out) == data, table
+        data = copy_out(plain, out)
+        assert copy_out(enc, out) == data, table
         for conn in (plain, enc):
             with conn.cursor().copy(f"COPY {table} FROM STDIN (FORMAT {fmt})") as cp:
                 cp.write(data)
-        assert _copy_out(enc, out) == _copy_out(plain, out), table
+        assert copy_out(enc, out) == copy_out(plain, out), table
     # A new session knows the generated columns from the server's catalog.
     with psycopg.connect(proxy.dsn(db), autocommit=True) as fresh:
-        assert _copy_out(fresh, "COPY gen TO STDOUT") == _copy_out(plain, "COPY gen TO STDOUT")
+        assert copy_out(fresh, "COPY gen TO STDOUT") == copy_out(plain, "COPY gen TO STDOUT")
     rows = "SELECT id, twice, email, code, plus FROM gen"
     assert sorted(enc.execute(rows).fetchall(), key=repr) == sorted(
         plain.execute(rows).fetchall(), key=repr
@@ -181,7 +174,7 @@ def test_copy_refuses_data_it_cannot_place(
         ):
             cp.write(b"1\tleak@x\tc\n")
         with pytest.raises(psycopg.errors.FeatureNotSupported, match="cannot place"):
-            _copy_out(fresh, "COPY gen TO STDOUT")
+            copy_out(fresh, "COPY gen TO STDOUT")
     with psycopg.connect(pg.dsn(db), autocommit=True) as direct:
         assert direct.execute(f'SELECT count(*) FROM public."{table[0]}"').fetchone() == (0,)
 
@@ -190,14 +183,14 @@ def test_copy_in_with_header_skips_the_header_line(
     setup: tuple[psycopg.Connection[Any], psycopg.Connection[Any], ProxyProcess, str],
 ) -> None:
     plain, enc, _, _ = setup
-    data = _copy_out(plain, "COPY people TO STDOUT (FORMAT csv, HEADER)")
+    data = copy_out(plain, "COPY people TO STDOUT (FORMAT csv, HEADER)")
     assert data.startswith(b"id,email,ssn,")
     for conn in (plain, enc):
         conn.execute("TRUNCATE people")
         with conn.cursor().copy("COPY people FROM STDIN (FORMAT csv, HEADER)") as cp:
             cp.write(data)
     out = "COPY people TO STDOUT (FORMAT csv, HEADER)"
-    assert _copy_out(enc, out) == _copy_out(plain, out) == data
+    assert copy_out(enc, out) == copy_out(plain, out) == data
 
 
 def test_copy_in_errors_are_postgresql_errors(
@@ -269,12 +262,12 @@ def test_pg_dump_through_pgcloak_restores_into_plain_postgres(
     )
     assert restore.returncode == 0, restore.stderr
     with psycopg.connect(pg.dsn(target), autocommit=True) as restored:
-        got = _copy_out(restored, "COPY people TO STDOUT")
+        got = copy_out(restored, "COPY people TO STDOUT")
         types = restored.execute(
             "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute "
             "WHERE attrelid = 'people'::regclass AND attnum > 0 ORDER BY attnum"
         ).fetchall()
-    assert got == _copy_out(plain, "COPY people TO STDOUT")
+    assert got == copy_out(plain, "COPY people TO STDOUT")
     plain_types = plain.execute(
         "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute "
         "WHERE attrelid = 'people'::regclass AND attnum > 0 ORDER BY attnum"

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
-from encrypt_support import BUGS, Pair
+from encrypt_support import BUGS, Pair, copy_out
 
 from pgcloak.proxy.cloak_details import HIDDEN
 
@@ -238,14 +238,6 @@ def test_database_and_role_settings(env: Env) -> None:
             conn.close()
 
 
-def _copy_out(conn: psycopg.Connection[Any], sql: str) -> bytes:
-    out = bytearray()
-    with conn.cursor().copy(sql) as cp:
-        for chunk in cp:
-            out += chunk
-    return bytes(out)
-
-
 @pytest.mark.parametrize("options", ["", "(FORMAT csv)", "(FORMAT binary)"])
 @pytest.mark.parametrize("setting", ["escape", "hex"])
 def test_copy_to_follows_bytea_output(pair: Pair, setting: str, options: str) -> None:
@@ -255,7 +247,7 @@ def test_copy_to_follows_bytea_output(pair: Pair, setting: str, options: str) ->
         f"TO STDOUT {options}",
         f"COPY (SELECT c_bytea FROM m_det WHERE id IN {ROWS} ORDER BY id) TO STDOUT {options}",
     ):
-        assert _copy_out(pair.b, sql) == _copy_out(pair.a, sql)
+        assert copy_out(pair.b, sql) == copy_out(pair.a, sql)
 
 
 @pytest.mark.usefixtures("shop")
