@@ -12,6 +12,7 @@ import re
 from collections.abc import Sequence
 
 from pgcloak.proxy.cloak_catalog import created_relation
+from pgcloak.proxy.cloak_checks import resolve_changes
 from pgcloak.proxy.cloak_copy import CopyOptions, CopyValueError, copy_options
 from pgcloak.proxy.cloak_load import RegistryLoader
 from pgcloak.proxy.cloak_settings import may_change
@@ -84,8 +85,9 @@ class Planner(RegistryLoader):
         catalog, registry = self.private
         writes: list[Write] = []
         before = {obj.id for obj in registry}
+        changes = resolve_changes(plan.changes, catalog, self.fmt)  # kept CHECKs' constants
         try:
-            for change in plan.changes:
+            for change in changes:
                 writes.extend(writes_for(registry, change))
             assert self.private_keys is not None
             writes.extend(self.private_keys.writes_for_new_columns(registry, before))
@@ -93,7 +95,7 @@ class Planner(RegistryLoader):
             raise CloakError("42P07", f'relation "{exc.name}" already exists') from None
         except RegistryError:
             raise CloakError("XX000", "pgcloak could not record this change") from None
-        catalog.apply_all(plan.changes)
+        catalog.apply_all(changes)
         self._private_unmasker = None
         return _do_block(writes)
 
@@ -284,7 +286,9 @@ class Planner(RegistryLoader):
     def _sealer(self) -> Sealer:
         """Encrypts this statement's values; remembers them for error DETAIL lines."""
         self.sealed = {}
-        return Sealer(self.keyring(), self.fmt, self.unmasker().names, self.sealed)
+        return Sealer(
+            self.keyring(), self.fmt, self.unmasker().names, self.sealed, checks=self.catalog()
+        )
 
     def _values_in(self, plan: Plan) -> str:
         """The plan's SQL with literals of encrypted columns encrypted (ValueError_ if bad)."""

@@ -302,8 +302,9 @@ class ServerSide(ClientSide):
         if head is not None and head.copy is not None:
             cols, opts = head.copy
             self.copy_in = CopyTransformer(
-                cols, opts, direction="in", ring=self.keyring(), fmt=self.fmt
-            )
+                cols, opts, direction="in", ring=self.keyring(), fmt=self.fmt,
+                checks=self.catalog(),
+            )  # fmt: skip
         return None
 
     def _s_copy_out(self, buf: bytes, start: int, end: int) -> bytes | None:
