@@ -130,7 +130,9 @@ def map_show(registry: Registry, obj: RegistryObject) -> list[str]:
                 extra.append(_CONTYPE_LABELS[o.contype])
             if o.implicit:
                 extra.append("implicit")
-            if o.policy is not None:
+            if o.check is not None:
+                extra.append("CHECK kept by pgcloak")
+            elif o.policy is not None:
                 extra.append("encryption policy")
             if o.comment is not None:
                 extra.append(f"comment {o.comment!r}")

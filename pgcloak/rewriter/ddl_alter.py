@@ -170,7 +170,7 @@ def _alter_cmd(a: Analyzer, rel: Relation, cmd: Node, start: int, end: int) -> R
             return rel
         a.edits.set(tok, found.physical)
         if found.check is not None:  # pgcloak's own: the server checks ownership, locks
-            a.edits.cut(start, end - 1, f"ALTER COLUMN {found.columns[0]} DROP DEFAULT")
+            a.edits.cut(start, end - 1, f"ALTER COLUMN {found.columns[0]} SET DEFAULT NULL")
             a.changes.append(DropConstraint(rel.physical, found.physical))
             return rel
         cascaded: tuple[Constraint, ...] = ()

@@ -247,7 +247,7 @@ def registry_check(
         )
     tree = written_check(rel, first, pol.mode, node["raw_expr"])
     if alter:
-        a.edits.cut(lo, hi, f"ALTER COLUMN {first.physical} DROP DEFAULT")
+        a.edits.cut(lo, hi, f"ALTER COLUMN {first.physical} SET DEFAULT NULL")
     else:
         if table_level:
             ts = a.ts
