@@ -322,6 +322,11 @@ def test_values_are_checked_even_when_no_row_is_written(sides: Sides) -> None:
     s.both("CREATE TABLE ref (id int, e int CONSTRAINT pos CHECK (e > 0))")
     assert observe(s.plain, "UPDATE ref SET e = -1 WHERE id = 1").tag == "UPDATE 0"
     assert observe(s.enc, "UPDATE ref SET e = -1 WHERE id = 1").sqlstate == "23514"
+    # A plain EXPLAIN writes nothing: not tested; EXPLAIN ANALYZE writes: tested.
+    s.same("EXPLAIN (COSTS OFF) INSERT INTO ref VALUES (1, -1)")
+    s.same("EXPLAIN (COSTS OFF) INSERT INTO ref VALUES (%s, %s)", (1, -1))
+    s.same("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) INSERT INTO ref VALUES (1, -1)")
+    s.same("SELECT count(*) FROM ref")
 
 
 def test_constants_do_not_reach_the_upstream(sides: Sides, pg: PgServer, tmp_path: Path) -> None:
