@@ -198,8 +198,16 @@ def test_unnamed_checks_get_postgresql_names(sides: Sides) -> None:
     s.same("INSERT INTO ck_det (id, t) VALUES (1, 'éééééé')")  # ck_det_t_check1
     s.same("INSERT INTO ck_det (id, i) VALUES (1, 1000000)")  # a_first
     s.same("INSERT INTO ck_det (id, i) VALUES (1, 13)")  # ck_det_i_check
-    # Both fail: PostgreSQL reports the first by name.
+    # Both fail: PostgreSQL reports the first by name, of the first row that fails.
     s.same("INSERT INTO ck_det (id, i, t) VALUES (1, 13, '')")
+    s.same("INSERT INTO ck_det (id, t, i) VALUES (1, '', 13)")
+    s.same("INSERT INTO ck_det (id, t, i) VALUES (1, '', 13)", binary=True)
+    s.same("INSERT INTO ck_det (id, t, i) VALUES (1, 'ok', 5), (2, '', 13)")
+    s.same("INSERT INTO ck_det (id, t, i) VALUES (1, '', 5), (2, 'ok', 13)")
+    s.same("INSERT INTO ck_det (id, t, i) VALUES (%s, %s, %s), (%s, %s, %s)",
+           (1, "", 5, 2, "ok", 13))  # fmt: skip
+    s.same("INSERT INTO ck_det (id, t, i) VALUES (%s, %s, %s), (%s, %s, %s)",
+           (1, "ok", 5, 2, "", 13))  # fmt: skip
     s.same("ALTER TABLE ck_det RENAME CONSTRAINT ck_det_i_check TO i_positive")
     s.same("INSERT INTO ck_det (id, i) VALUES (1, 13)")
     s.same("ALTER TABLE ck_det DROP CONSTRAINT i_positive")
@@ -313,6 +321,10 @@ def test_writes_that_bypass_the_proxy_are_refused(sides: Sides) -> None:
             s.enc.execute(sql)
         assert info.value.sqlstate == "0A000", sql
     s.same("UPDATE ref SET e = e")
+    # One parameter sealed once for a written value and a compared one: refused.
+    with pytest.raises(psycopg.Error) as info:
+        s.enc.execute("UPDATE ref SET e = %(v)s WHERE e = %(v)s", {"v": -1})
+    assert info.value.sqlstate == "0A000"
 
 
 def test_values_are_checked_even_when_no_row_is_written(sides: Sides) -> None:

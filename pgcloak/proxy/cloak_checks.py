@@ -30,12 +30,14 @@ from pgcloak.rewriter.catalog import (
 from pgcloak.rewriter.ddl_check import check_refusal
 from pgcloak.rewriter.plan import CloakError
 
-__all__ = ["Violation", "resolve_changes", "violation"]
+__all__ = ["Violation", "first", "resolve_changes", "violation"]
 
 _COMPILED: dict[tuple[str, int], Check] = {}
 _MAX_COMPILED = 1024
-# (SQLSTATE, message) of a failing check; PostgreSQL's DETAIL (the failing row) is left out.
-Violation = tuple[str, str]
+# (row, check name, SQLSTATE, message) of a failing check: the least one is reported, as
+# PostgreSQL reports the first row's first failing check by name. PostgreSQL's DETAIL
+# (the failing row) is left out.
+Violation = tuple[int, str, str, str]
 
 
 def _compiled(tree: str, oid: int) -> Check:
@@ -53,7 +55,7 @@ def _type_oid(col: Column) -> int:
 
 
 def violation(
-    catalog: Catalog, table: str, column: str, canonical: bytes, oid: int
+    catalog: Catalog, table: str, column: str, canonical: bytes, oid: int, *, row: int = 0
 ) -> Violation | None:
     """The error for a value written into table.column (physical) that fails one of the
     checks pgcloak keeps there (by name order, as PostgreSQL tests them), else None."""
@@ -64,14 +66,27 @@ def violation(
         try:
             ok = _compiled(con.check, oid).passes(canonical)
         except ValueError:
-            return ("XX000", "pgcloak could not evaluate a CHECK constraint")
+            return (row, "", "XX000", "pgcloak could not evaluate a CHECK constraint")
         if not ok:
             failed.append(con.name)
     if not failed:
         return None
     rel = catalog.relation_by_physical(table)
     name = rel.name if rel is not None else table
-    return ("23514", f'new row for relation "{name}" violates check constraint "{min(failed)}"')
+    first = min(failed)
+    return (
+        row,
+        first,
+        "23514",
+        f'new row for relation "{name}" violates check constraint "{first}"',
+    )
+
+
+def first(a: Violation | None, b: Violation | None) -> Violation | None:
+    """The violation PostgreSQL would report of two."""
+    if a is None or b is None:
+        return a or b
+    return min(a, b)
 
 
 def _resolve(

@@ -24,7 +24,7 @@ from pglast import parser
 from pgcloak.crypto.codecs import CodecError, SessionFormat
 from pgcloak.crypto.codecs.base import decode_utf8
 from pgcloak.crypto.values import ColumnCipher, ValueDecryptionError
-from pgcloak.proxy.cloak_checks import Violation, violation
+from pgcloak.proxy.cloak_checks import Violation, first, violation
 from pgcloak.proxy.cloak_copy_lex import (
     BAD_COPY,
     CopyValueError,
@@ -360,14 +360,15 @@ class CopyTransformer:
 
     def _test(self, col: _Column, canonical: bytes) -> bytes:
         """Remember the first CHECK the value fails; encrypt it."""
-        if self.checks is not None and self._failed is None:
-            self._failed = violation(self.checks, col.table, col.column, canonical, col.kind.oid)
+        if self.checks is not None:
+            found = violation(self.checks, col.table, col.column, canonical, col.kind.oid)
+            self._failed = first(self._failed, found)
         return col.cipher.encrypt(canonical)
 
     def _raise_failed(self) -> None:
         """At the end of a row (PostgreSQL reads a whole row before testing constraints)."""
         if self._failed is not None:
-            sqlstate, message = self._failed
+            _, _, sqlstate, message = self._failed
             raise CopyValueError(sqlstate, message)
 
     def _check_count(self, count: int) -> None:

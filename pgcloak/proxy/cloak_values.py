@@ -28,7 +28,7 @@ from pgcloak.crypto.values import (
     LocalKeyWrapper,
     new_data_key,
 )
-from pgcloak.proxy.cloak_checks import Violation, violation
+from pgcloak.proxy.cloak_checks import Violation, first, violation
 from pgcloak.proxy.wire import frame
 from pgcloak.registry.model import Kind, Write
 from pgcloak.registry.store import Registry
@@ -251,11 +251,12 @@ class Sealer:
             raise ValueError_.of(exc) from None
         if canonical is None:
             return UNMATCHABLE if compare and (text is not None or binary is not None) else None
-        if not compare and self.checks is not None and self.failed is None:
-            self.failed = violation(
+        if not compare and self.checks is not None:
+            found = violation(
                 self.checks, getattr(col, "table", ""), getattr(col, "column", ""), canonical,
-                t.oid,
+                t.oid, row=getattr(col, "row", 0),
             )  # fmt: skip
+            self.failed = first(self.failed, found)
         sealed = self.ring.cipher(col).encrypt(canonical)
         if not compare:
             with contextlib.suppress(CodecError):
@@ -282,7 +283,7 @@ class Sealer:
     def raise_failed(self) -> None:
         """Raise the first CHECK failure of the values sealed so far (ValueError_)."""
         if self.failed is not None:
-            sqlstate, message = self.failed
+            _, _, sqlstate, message = self.failed
             raise ValueError_(sqlstate, message)
 
     def bind(

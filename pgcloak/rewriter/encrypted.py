@@ -116,6 +116,13 @@ def check_join(a: Analyzer, left: Col, right: Col, tok: int | None) -> None:
         raise refusal(("join on", ""), enc.name, enc.enc.mode, pos)
 
 
+def _in_row(target: Target | None, row: int) -> Target | None:
+    """A VALUES target for row `row` (so the proxy reports the first row's failure)."""
+    if target is None or target[0] is None or row == 0:
+        return target
+    return (replace(target[0], row=row), target[1])
+
+
 class _Pass(ExprWalker):
     """The statement half of the encryption pass."""
 
@@ -328,9 +335,9 @@ class _Pass(ExprWalker):
             sbody = node_kind(sel)[1]
             if "valuesLists" in sbody and not sbody.get("sortClause"):
                 self.with_clause(sbody)
-                for row in sbody["valuesLists"]:
+                for r, row in enumerate(sbody["valuesLists"]):
                     for k, item in enumerate(row["List"]["items"]):
-                        self.assign(self.nth(targets, k), item)
+                        self.assign(_in_row(self.nth(targets, k), r), item)
             elif targets is not None and _positional(sbody):
                 # Each list item goes into one column: literals/parameters can be encrypted.
                 count = len(sbody.get("targetList", ()))
