@@ -421,11 +421,14 @@ def test_rewrap_keeps_checks(sides: Sides, master_key: str) -> None:
     from pgcloak.crypto.values import LocalKeyWrapper
     from pgcloak.registry.db import fetch_registry
     from pgcloak.registry.rotation import rewrap
+    from pgcloak.registry.tools import check_schema
 
     sides.enc.execute("CREATE TABLE alt (id int, e int CONSTRAINT pos CHECK (e > 0))")
     old, new = MasterKey.from_base64(master_key), MasterKey.from_base64(new_master_key())
     with psycopg.connect(sides.pg.dsn(sides.enc_db)) as conn:
-        before = {o.id: o.check for o in fetch_registry(conn, NameCipher.from_master(old))}
+        registry = fetch_registry(conn, NameCipher.from_master(old))
+        assert check_schema(conn, registry) == []  # kept checks are no drift
+        before = {o.id: o.check for o in registry}
         rewrap(conn, old, new, LocalKeyWrapper(new))
         conn.commit()
         after = {o.id: o.check for o in fetch_registry(conn, NameCipher.from_master(new))}

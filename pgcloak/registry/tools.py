@@ -241,6 +241,8 @@ def check_schema(conn: Conn, registry: Registry) -> list[Finding]:
             registered_attrs.setdefault(parent_rel.oid, set()).add(obj.physical_name)
             if obj.physical_name not in attrs.get(parent_rel.oid, set()):
                 findings.append(Finding("missing", f"{label} does not exist"))
+        elif obj.check is not None:
+            continue  # kept by pgcloak (CHECK on an encrypted column): not in the catalog
         else:
             registered_cons.setdefault(parent_rel.oid, set()).add(obj.physical_name)
             con = cons.get(parent_rel.oid, {}).get(obj.physical_name)
