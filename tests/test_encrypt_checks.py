@@ -301,6 +301,12 @@ def test_transactions_and_other_sessions(sides: Sides) -> None:
             other.execute("INSERT INTO tx VALUES (%s, %s)", (3, 500))
         s.same("ALTER TABLE tx DROP CONSTRAINT small")
         other.execute("INSERT INTO tx VALUES (3, 500)")
+        # One simple Query: the check created by its first statement applies to the next.
+        s.same("CREATE TABLE bad (id int, e int CHECK (e > 0)); INSERT INTO bad VALUES (1, -1)")
+        s.same("SELECT count(*) FROM pg_tables WHERE tablename = 'bad'")
+        s.same("CREATE TABLE bad (id int, e int CHECK (e > 0)); INSERT INTO bad VALUES (1, 1)")
+        s.same("INSERT INTO bad VALUES (2, -1)")
+        s.same("SELECT * FROM bad")
     finally:
         other.close()
 
