@@ -35,6 +35,19 @@ _NUMS = ["0", "1.005", "1.004", "1.5", "1.50", "-0.001", "-1", "999.995", "1000"
 _FLOATS = ["0.1", "-0", "0", "NaN", "Infinity", "-Infinity", "1e308", "5e-324", "16777217",
            "0.30000000000000004", *(repr(_rng.uniform(-1, 1)) for _ in range(4))]  # fmt: skip
 
+_RANDOM_TZ = [
+    f"20{_rng.randint(10, 39)}-{_rng.randint(1, 12):02d}-{_rng.randint(1, 28):02d} "
+    f"{_rng.randint(0, 23):02d}:{_rng.randint(0, 59):02d}:{_rng.randint(0, 59):02d}"
+    f".{_rng.randint(0, 999999):06d}{_rng.choice(['+00', '-05', '+05:30', '', ' Europe/Paris'])}"
+    for _ in range(20)
+]
+_RANDOM_IV = [
+    f"{_rng.randint(-3, 3)} mons {_rng.randint(-40, 40)} days {_rng.randint(-30, 30)}:00:00"
+    for _ in range(20)
+]
+_RANDOM_NUM = [str(_rng.randint(-(10**6), 10**6) / 10 ** _rng.randint(0, 6)) for _ in range(20)]
+_RANDOM_F = [repr(_rng.choice([-1, 1]) * _rng.random() * 10 ** _rng.randint(-5, 5))
+             for _ in range(20)]  # fmt: skip
 CASES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("int4", ("x > 5", "x >= 5.5", "x BETWEEN -3 AND 7", "x NOT BETWEEN 1 AND 2",
               "x IN (1, 2, NULL)", "x NOT IN (1, 2)", "x NOT IN (1, NULL)",
@@ -92,6 +105,18 @@ CASES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("varchar(5)", ("x <> ''", "char_length(x) < 3", "x = 'abc'", "x::text <> ''::text",
                     "octet_length(x) = 3"),
      ("", "abc", "abc  ", "ééé", "ab")),
+    ("timestamptz", ("x < '2030-01-01 00:00:00+00'", "x >= '2025-06-15 12:00'",
+                     "x BETWEEN '2015-01-01' AND '2035-01-01 00:00:00+05'"),
+     tuple(_RANDOM_TZ)),
+    ("interval", ("x <= '1 day'", "x > '1 mon'", "x BETWEEN '-30 days' AND '2 mons'",
+                  "x = '30 days'", "x <> '0'"),
+     tuple(_RANDOM_IV)),
+    ("numeric", ("x > 0.5", "x BETWEEN -1.000001 AND 1000", "x = 0.1", "x IN (0.1, 1)"),
+     tuple(_RANDOM_NUM)),
+    ("numeric(10,3)", ("x > 0.5", "x <= 0.0005", "x = 0.1005"), tuple(_RANDOM_NUM)),
+    ("float8", ("x > 0.5", "x < -0.001", "x BETWEEN 1e-5 AND 1e4"), tuple(_RANDOM_F)),
+    ("float4", ("x > 0.5", "x < -0.001", "x = 0.1", "x BETWEEN 1e-5 AND 1e4"),
+     tuple(_RANDOM_F)),
 )  # fmt: skip
 
 
@@ -119,7 +144,9 @@ def _theirs(conn: psycopg.Connection[Any], type_sql: str, expr: str, value: str 
     return row[0]
 
 
-@pytest.mark.parametrize(("type_sql", "exprs", "values"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("type_sql", "exprs", "values"), CASES, ids=[f"{c[0]}-{k}" for k, c in enumerate(CASES)]
+)
 def test_evaluator_agrees_with_postgresql(
     pg: PgServer, type_sql: str, exprs: tuple[str, ...], values: tuple[str, ...]
 ) -> None:
