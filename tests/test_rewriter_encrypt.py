@@ -9,6 +9,7 @@ DDL against PostgreSQL with the registry writes and reload the registry.
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from collections.abc import Callable, Iterator
 
@@ -21,6 +22,7 @@ from pgcloak.registry.install import install
 from pgcloak.rewriter import CloakError, MemoryCatalog, Plan, Rewriter, plan_query
 from pgcloak.rewriter.catalog import (
     AddColumn,
+    AddConstraint,
     ColumnPolicy,
     CreateTable,
     CreateView,
@@ -40,6 +42,7 @@ RULES: dict[tuple[str, str, str], tuple[str, str | None]] = {
     ("public", "customers", "ssn"): ("deterministic", None),
     ("public", "shipments", "cust_email"): ("deterministic", None),
     ("public", "shipments", "memo"): ("randomized", None),
+    ("public", "s2", "memo"): ("randomized", None),
     ("public", "links2", "label"): ("deterministic", "labels"),
 }
 SCHEMA = [
@@ -217,10 +220,12 @@ def test_view_columns_keep_policies(cat: MemoryCatalog) -> None:
     [
         ("CREATE TABLE shipments (id int, memo text DEFAULT 'x')",
          'cannot give a default value to column "memo" encrypted in randomized mode'),
-        ("CREATE TABLE shipments (id int, memo text CHECK (memo <> ''))",
-         'cannot use column "memo" encrypted in randomized mode in a CHECK constraint'),
+        ("CREATE TABLE shipments (id int, memo text CHECK (memo LIKE 'a%'))",
+         'cannot evaluate a CHECK constraint on column "memo" encrypted in randomized mode: '
+         "it uses pattern matching"),
         ("CREATE TABLE shipments (id int, memo text, CHECK (length(memo) > id))",
-         'cannot use column "memo" encrypted in randomized mode in a CHECK constraint'),
+         'cannot evaluate a CHECK constraint on column "memo" encrypted in randomized mode: '
+         'it uses another column ("id")'),
         ("CREATE TABLE shipments (id int, memo text GENERATED ALWAYS AS ('x') STORED)",
          'cannot generate column "memo" encrypted in randomized mode'),
         ('CREATE TABLE shipments (id int, memo text COLLATE "C")',
@@ -252,7 +257,8 @@ def test_view_columns_keep_policies(cat: MemoryCatalog) -> None:
          "under another key"),
         ("CREATE TABLE shipments (id int, memo text%TYPE)", None),
         ("ALTER TABLE customers ADD CONSTRAINT c CHECK (notes <> '')",
-         'cannot use column "notes" encrypted in randomized mode in a CHECK constraint'),
+         'cannot validate existing rows for a CHECK constraint on column "notes" encrypted in '
+         "randomized mode"),
         ("ALTER TABLE customers ADD UNIQUE (notes)",
          'cannot enforce uniqueness of column "notes" encrypted in randomized mode'),
         ("ALTER TABLE tag_links ADD FOREIGN KEY (label) REFERENCES customers (email)",
@@ -282,6 +288,35 @@ def test_ddl_refusals(cat: MemoryCatalog, sql: str, message: str | None) -> None
     assert err.sqlstate in ("0A000", "42601"), err.message
     if message is not None:
         assert err.message == f"pgcloak {message}"
+
+
+def test_checks_on_encrypted_columns_stay_out_of_the_sql(cat: MemoryCatalog) -> None:
+    plan = one(
+        "CREATE TABLE shipments (id int CHECK (id > 0), memo text CHECK (memo <> 'zq-mark'), "
+        "CONSTRAINT short CHECK (char_length(memo) < 7777123), cust_email text)",
+        cat,
+    )
+    assert plan.sql is not None
+    assert "zq-mark" not in plan.sql and "7777123" not in plan.sql and "short" not in plan.sql
+    assert plan.sql.count("CHECK") == 1  # the plain column's goes to the server
+    (change,) = plan.changes
+    assert isinstance(change, CreateTable)
+    kept = {c.name: json.loads(c.check) for c in change.constraints if c.check is not None}
+    assert kept == {
+        "shipments_memo_check": ["cmp", "<>", ["col"], ["k", "str", "zq-mark"]],
+        "short": ["cmp", "<", ["len", "char"], ["k", "num", "7777123"]],
+    }
+    cat.apply_all(plan.changes)
+    alter = one("ALTER TABLE shipments ADD CHECK (memo IN ('a', NULL)) NOT VALID", cat)
+    memo = phys(cat, "shipments", "memo")
+    assert alter.sql == f"ALTER TABLE {phys(cat, 'shipments')} ALTER COLUMN {memo} SET DEFAULT NULL"
+    (added,) = alter.changes
+    assert isinstance(added, AddConstraint)
+    assert added.constraint.name == "shipments_memo_check1"
+    first = one("CREATE TABLE s2 (CHECK (memo <> ''), memo text)", cat)
+    assert first.sql is not None and "CHECK" not in first.sql and ",)" not in first.sql
+    dropped = one("ALTER TABLE shipments DROP CONSTRAINT short, DROP COLUMN id", cat)
+    assert dropped.sql is not None and "SET DEFAULT NULL" in dropped.sql
 
 
 def test_ddl_allowed_on_encrypted_columns(cat: MemoryCatalog) -> None:

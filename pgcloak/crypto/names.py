@@ -68,6 +68,7 @@ class Field(Enum):
 
     NAME = b"n"
     COMMENT = b"c"
+    CHECK = b"k"  # a CHECK on an encrypted column that pgcloak keeps (objects.policy)
 
 
 def _pad(data: bytes) -> bytes:

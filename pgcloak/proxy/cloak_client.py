@@ -136,7 +136,7 @@ class ClientSide(Planner):
                     self.portal_formats[portal] = result_formats(buf, pos, end, len(prepared.enc))
                 if prepared.params:
                     try:
-                        mapped = self._sealer().bind(
+                        mapped = self._sealer(prepared.plan).bind(
                             buf, pos, end, prepared.params, prepared.param_oids
                         )
                     except ValueError_ as exc:

@@ -24,6 +24,7 @@ from pglast import parser
 from pgcloak.crypto.codecs import CodecError, SessionFormat
 from pgcloak.crypto.codecs.base import decode_utf8
 from pgcloak.crypto.values import ColumnCipher, ValueDecryptionError
+from pgcloak.proxy.cloak_checks import Violation, first, violation
 from pgcloak.proxy.cloak_copy_lex import (
     BAD_COPY,
     CopyValueError,
@@ -44,6 +45,7 @@ from pgcloak.proxy.cloak_values import (
     bytea_from_text,
     encrypted_type,
 )
+from pgcloak.rewriter.catalog import Catalog
 
 __all__ = ["CopyOptions", "CopyTransformer", "CopyValueError", "copy_options", "header_line"]
 
@@ -185,6 +187,8 @@ _MAX_FIELD = 0x3FFFFFFF  # MaxAllocSize: the server could not buffer a larger fi
 class _Column:
     kind: EncryptedType
     cipher: ColumnCipher
+    table: str = ""  # physical names, for the CHECKs pgcloak keeps on the column
+    column: str = ""
 
 
 class CopyTransformer:
@@ -209,8 +213,11 @@ class CopyTransformer:
         ring: Keyring,
         fmt: SessionFormat,
         server_columns: int | None = None,
+        checks: Catalog | None = None,
     ) -> None:
         self.options = options
+        self.checks = checks  # COPY FROM: kept CHECKs to test (pgcloak.proxy.cloak_checks)
+        self._failed: Violation | None = None
         self._mismatch: CopyValueError | None = None
         if server_columns is not None and server_columns != len(columns):
             self._mismatch = CopyValueError(
@@ -228,7 +235,10 @@ class CopyTransformer:
                 self.cols.append(None)
                 continue
             try:
-                self.cols.append(_Column(encrypted_type(col.type_sql), ring.cipher(col)))
+                self.cols.append(
+                    _Column(encrypted_type(col.type_sql), ring.cipher(col),
+                            getattr(col, "table", ""), getattr(col, "column", ""))
+                )  # fmt: skip
             except (ValueError_, CodecError) as exc:
                 raise CopyValueError(exc.sqlstate, exc.message, exc.detail, exc.hint) from None
             except ValueError:  # parse_type: not a type pgcloak can encrypt
@@ -330,6 +340,7 @@ class CopyTransformer:
             out.append(line[prev:start])
             out.append(new)
             prev = end
+        self._raise_failed()
         if not out:
             return line
         out.append(line[prev:])
@@ -374,10 +385,24 @@ class CopyTransformer:
             out.append(line[prev:start])
             out.append(new)
             prev = end
+        self._raise_failed()
         if not out:
             return line
         out.append(line[prev:])
         return b"".join(out)
+
+    def _test(self, col: _Column, canonical: bytes) -> bytes:
+        """Remember the first CHECK the value fails; encrypt it."""
+        if self.checks is not None:
+            found = violation(self.checks, col.table, col.column, canonical, col.kind.oid)
+            self._failed = first(self._failed, found)
+        return col.cipher.encrypt(canonical)
+
+    def _raise_failed(self) -> None:
+        """At the end of a row (PostgreSQL reads a whole row before testing constraints)."""
+        if self._failed is not None:
+            _, _, sqlstate, message = self._failed
+            raise CopyValueError(sqlstate, message)
 
     def _check_count(self, count: int) -> None:
         """Too many fields: the server's error. Too few: the server names the missing column
@@ -394,7 +419,7 @@ class CopyTransformer:
             canonical = col.kind.codec.from_text(decode_utf8(value), col.kind.typmod, self.fmt)
         except CodecError as exc:
             raise CopyValueError(exc.sqlstate, exc.message, exc.detail, exc.hint) from None
-        return col.cipher.encrypt(canonical)
+        return self._test(col, canonical)
 
     def _reveal(self, col: _Column, value: bytes) -> bytes:
         """The server's bytea text -> the declared type's text."""
@@ -474,6 +499,7 @@ class CopyTransformer:
                 value = self._binary_value(col, bytes(buf[pos + 4 : end]))
                 parts.append(_I32.pack(len(value)) + value)
             pos = end
+        self._raise_failed()
         return b"".join(parts), pos
 
     def _binary_value(self, col: _Column, value: bytes) -> bytes:
@@ -482,7 +508,7 @@ class CopyTransformer:
                 canonical = col.kind.codec.from_binary(value, col.kind.typmod)
             except CodecError as exc:
                 raise CopyValueError(exc.sqlstate, exc.message, exc.detail, exc.hint) from None
-            return col.cipher.encrypt(canonical)
+            return self._test(col, canonical)
         canonical = self._decrypt(col, value)
         try:
             return col.kind.codec.to_binary(canonical)

@@ -12,6 +12,7 @@ import re
 from collections.abc import Sequence
 
 from pgcloak.proxy.cloak_catalog import created_relation
+from pgcloak.proxy.cloak_checks import resolve_changes
 from pgcloak.proxy.cloak_copy import CopyOptions, CopyValueError, copy_options
 from pgcloak.proxy.cloak_load import RegistryLoader
 from pgcloak.proxy.cloak_settings import may_change
@@ -40,6 +41,7 @@ _SESSION_STATE = frozenset(
 )
 _INTO = re.compile(r"\binto\b", re.IGNORECASE)
 _ROLLBACK_TO = re.compile(r"^\s*rollback\s+(?:work\s+|transaction\s+)?to\b", re.IGNORECASE)
+_ANALYZE = re.compile(r"\banaly[sz]e\b", re.IGNORECASE)
 _BAD_UTF8 = 'invalid byte sequence for encoding "UTF8"'
 
 log = logging.getLogger("pgcloak.cloak")
@@ -49,6 +51,11 @@ def _do_block(writes: Sequence[Write]) -> str:
     """Registry writes as one statement (works in both protocols, one response)."""
     body = "".join(w.inline() + ";\n" for w in writes)
     return f"DO $pgcloak$BEGIN\n{body}END$pgcloak$"
+
+
+def _plain_explain(plan: Plan) -> bool:
+    """EXPLAIN without ANALYZE (any mention of ANALYZE counts: values are then tested)."""
+    return plan.statement == "ExplainStmt" and not _ANALYZE.search(plan.source)
 
 
 def _sql_prepared(plan: Plan) -> bool:
@@ -84,8 +91,9 @@ class Planner(RegistryLoader):
         catalog, registry = self.private
         writes: list[Write] = []
         before = {obj.id for obj in registry}
+        changes = resolve_changes(plan.changes, catalog, self.fmt)  # kept CHECKs' constants
         try:
-            for change in plan.changes:
+            for change in changes:
                 writes.extend(writes_for(registry, change))
             assert self.private_keys is not None
             writes.extend(self.private_keys.writes_for_new_columns(registry, before))
@@ -93,7 +101,7 @@ class Planner(RegistryLoader):
             raise CloakError("42P07", f'relation "{exc.name}" already exists') from None
         except RegistryError:
             raise CloakError("XX000", "pgcloak could not record this change") from None
-        catalog.apply_all(plan.changes)
+        catalog.apply_all(changes)
         self._private_unmasker = None
         return _do_block(writes)
 
@@ -281,10 +289,18 @@ class Planner(RegistryLoader):
         except CopyValueError as exc:
             raise exc.refusal() from None
 
-    def _sealer(self) -> Sealer:
-        """Encrypts this statement's values; remembers them for error DETAIL lines."""
+    def _sealer(self, plan: Plan | None = None) -> Sealer:
+        """Encrypts this statement's values; remembers them for error DETAIL lines.
+
+        Values written are tested against the CHECKs pgcloak keeps, except in a plain
+        EXPLAIN, which writes nothing (PostgreSQL tests a row when it writes it).
+        """
         self.sealed = {}
-        return Sealer(self.keyring(), self.fmt, self.unmasker().names, self.sealed)
+        writes = plan is None or not _plain_explain(plan)
+        return Sealer(
+            self.keyring(), self.fmt, self.unmasker().names, self.sealed,
+            checks=self.catalog() if writes else None,
+        )  # fmt: skip
 
     def _values_in(self, plan: Plan) -> str:
         """The plan's SQL with literals of encrypted columns encrypted (ValueError_ if bad)."""
@@ -292,7 +308,7 @@ class Planner(RegistryLoader):
         if not plan.value_slots:
             return plan.sql
         try:
-            return self._sealer().literals(plan.sql, plan.value_slots)
+            return self._sealer(plan).literals(plan.sql, plan.value_slots)
         except ValueError_ as exc:
             if exc.position is not None:  # in plan.sql: map to the client's text
                 exc.position = plan.original_position(exc.position)

@@ -310,6 +310,7 @@ class ServerSide(ClientSide):
             self.copy_in = CopyTransformer(
                 cols, opts, direction="in", ring=self.keyring(), fmt=self.fmt,
                 server_columns=_copy_columns(buf, start, end),
+                checks=self.catalog(),
             )  # fmt: skip
         return None
 

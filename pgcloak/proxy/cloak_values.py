@@ -35,9 +35,11 @@ from pgcloak.proxy.array_ctor import (
     array_value,
     is_array_constructor,
 )
+from pgcloak.proxy.cloak_checks import Violation, first, violation
 from pgcloak.proxy.wire import bind_parts, frame
 from pgcloak.registry.model import Kind, Write
 from pgcloak.registry.store import Registry
+from pgcloak.rewriter.catalog import Catalog
 from pgcloak.rewriter.plan import CloakError
 
 __all__ = [
@@ -243,6 +245,11 @@ class Sealer:
     fmt: SessionFormat
     names: Mapping[str, str]
     record: dict[str, str] = field(default_factory=dict)
+    # The catalog whose kept CHECKs values written into encrypted columns must pass
+    # (pgcloak.proxy.cloak_checks); the first failure is raised once every value of
+    # the message was read (PostgreSQL reads all input before it tests constraints).
+    checks: Catalog | None = None
+    failed: Violation | None = None
 
     def seal(
         self, col: EncColumnLike, text: str | None, binary: bytes | None, src_oid: int
@@ -260,6 +267,12 @@ class Sealer:
             raise ValueError_.of(exc) from None
         if canonical is None:
             return UNMATCHABLE if compare and (text is not None or binary is not None) else None
+        if not compare and self.checks is not None:
+            found = violation(
+                self.checks, getattr(col, "table", ""), getattr(col, "column", ""), canonical,
+                t.oid, row=getattr(col, "row", 0),
+            )  # fmt: skip
+            self.failed = first(self.failed, found)
         sealed = self.ring.cipher(col).encrypt(canonical)
         if not compare:
             with contextlib.suppress(CodecError):
@@ -291,7 +304,14 @@ class Sealer:
             out.append("NULL" if sealed is None else bytea_literal(sealed))
             prev = end
         out.append(sql[prev:])
+        self.raise_failed()
         return "".join(out)
+
+    def raise_failed(self) -> None:
+        """Raise the first CHECK failure of the values sealed so far (ValueError_)."""
+        if self.failed is not None:
+            _, _, sqlstate, message = self.failed
+            raise ValueError_(sqlstate, message)
 
     def bind(
         self,
@@ -317,6 +337,7 @@ class Sealer:
                 value, f = sealed, 1
             new_formats.append(f)
             values.append(_NULL if value is None else len(value).to_bytes(4, "big") + value)
+        self.raise_failed()
         head = _I16.pack(len(new_formats)) + b"".join(_I16.pack(f) for f in new_formats)
         nparams = _I16.pack(len(values))
         return frame(b"B", bind.names + head + nparams + b"".join(values) + buf[bind.tail : end])

@@ -14,6 +14,7 @@ log, so they match registered objects by joining pgcloak.objects, never by name.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -327,6 +328,8 @@ class RegistryCatalog(MemoryCatalog):
         present: bool,
     ) -> Constraint:
         assert con.contype is not None
+        if con.check is not None:  # kept by pgcloak: the server has no such constraint
+            return _kept_check(rel, con)
         found = meta.constraints.get((rel.schema, rel.physical, con.physical_name))
         if found is None:
             if present:
@@ -363,6 +366,25 @@ class RegistryCatalog(MemoryCatalog):
             con.implicit,
             found.parent,
         )
+
+
+def _kept_check(rel: Relation, con: RegistryObject) -> Constraint:
+    """A CHECK pgcloak keeps on an encrypted column (registry only); malformed: unusable."""
+    assert con.check is not None
+    try:
+        data = json.loads(con.check)
+        column, tree = data["column"], data["tree"]
+        if not isinstance(column, str) or not isinstance(tree, list):
+            raise ValueError("malformed")
+    except (ValueError, KeyError, TypeError):
+        raise RegistryUnavailable(
+            RegistryUnavailable.CORRUPT,
+            f"the pgcloak registry has a malformed check on table {rel.physical}",
+        ) from None
+    return Constraint(
+        rel.schema, rel.physical, con.name, con.physical_name, "c", (column,),
+        implicit=con.implicit, check=json.dumps(tree, separators=(",", ":")),
+    )  # fmt: skip
 
 
 def _inheritance(

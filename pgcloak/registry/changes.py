@@ -9,6 +9,7 @@ registry and catalog diverged, and raises `ChangeMismatch` (physical names only)
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
 from pgcloak.registry.model import Kind, RegistryObject, Write
@@ -113,8 +114,18 @@ def _add_constraints(
             physical_name=con.physical,
             contype=con.contype,
             implicit=con.implicit,
+            check=_kept_check(con),
         ).writes
     return writes
+
+
+def _kept_check(con: Constraint) -> str | None:
+    """A CHECK pgcloak keeps (encrypted column): its column and tree, as the registry
+    stores them (encrypted) in the constraint's row."""
+    if con.check is None:
+        return None
+    return json.dumps({"column": con.columns[0], "tree": json.loads(con.check)},
+                      separators=(",", ":"))  # fmt: skip
 
 
 def _add_indexes(

@@ -112,6 +112,9 @@ class RegistryObject:
     implicit: bool = False
     comment: str | None = None
     policy: Mapping[str, Any] | None = field(default=None, hash=False)
+    # A constraint pgcloak keeps itself (CHECK on an encrypted column): its definition in
+    # clear (JSON), stored encrypted in policy["check"]; proxy memory only.
+    check: str | None = field(default=None, hash=False, repr=False)
 
     @property
     def is_relation(self) -> bool:

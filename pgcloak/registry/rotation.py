@@ -25,6 +25,7 @@ the new key. Messages never carry semantic names.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ _UPDATE_KEY_SQL = (
 _UPDATE_NAMES_SQL = (
     "UPDATE pgcloak.objects SET name_lookup = %s, name_enc = %s, comment_enc = %s WHERE id = %s"
 )
+_UPDATE_POLICY_SQL = "UPDATE pgcloak.objects SET policy = %s::jsonb WHERE id = %s"
 _UPDATE_KEY_CHECK_SQL = "UPDATE pgcloak.key_check SET check_value = %s, created_at = now()"
 _INSERT_KEY_CHECK_SQL = "INSERT INTO pgcloak.key_check (check_value) VALUES (%s)"
 _OTHER_SESSIONS_SQL = (
@@ -200,6 +202,10 @@ def _reencrypt_names(conn: Conn, registry: Iterable[RegistryObject], cipher: Nam
             )
         )
         conn.execute(_UPDATE_NAMES_SQL, (_lookup(cipher, obj), name_enc, comment_enc, obj.id))
+        if obj.check is not None:  # a CHECK pgcloak keeps: its definition is encrypted too
+            sealed = cipher.encrypt(obj.check, obj.id, obj.kind.value, field=Field.CHECK,
+                                    context=context)  # fmt: skip
+            conn.execute(_UPDATE_POLICY_SQL, (json.dumps({"check": sealed.hex()}), obj.id))
         n += 1
     return n
 

@@ -424,6 +424,12 @@ class Registry:
     def _seal_comment(self, obj: RegistryObject) -> bytes | None:
         return None if obj.comment is None else self._seal(obj, obj.comment, Field.COMMENT)
 
+    def _sealed_policy(self, obj: RegistryObject) -> Mapping[str, Any] | None:
+        """objects.policy: a column's policy, or a kept CHECK's definition, encrypted."""
+        if obj.check is None:
+            return obj.policy
+        return {"check": self._seal(obj, obj.check, Field.CHECK).hex()}
+
     # -- validation -------------------------------------------------------------------
 
     def _check_placement(self, obj: RegistryObject) -> None:
@@ -499,6 +505,7 @@ class Registry:
         comment: str | None = None,
         policy: Mapping[str, Any] | None = None,
         object_id: uuid.UUID | None = None,
+        check: str | None = None,
     ) -> Added:
         """Register a new object; returns it and the INSERT to run in-band.
 
@@ -534,7 +541,10 @@ class Registry:
             implicit=implicit,
             comment=comment,
             policy=policy,
+            check=check,
         )
+        if obj.check is not None and (obj.kind != Kind.CONSTRAINT or policy is not None):
+            raise ValueError("only constraints carry a kept CHECK definition")
         if obj.id in self._objects:
             raise NameConflict(f"object id {obj.id} is already registered", str(obj.id))
         self._check_placement(obj)
@@ -553,7 +563,7 @@ class Registry:
                 self._seal(obj, obj.name, Field.NAME),
                 obj.implicit,
                 self._seal_comment(obj),
-                _policy_json(obj.policy),
+                _policy_json(self._sealed_policy(obj)),
             ),
         )
         self._index(obj)
@@ -661,6 +671,13 @@ class Registry:
 
     # -- loading -----------------------------------------------------------------------
 
+    def _open_check(self, row: RawRow, kind: Kind, context: bytes) -> str | None:
+        envelope = _check_envelope(row, kind)
+        if envelope is None:
+            return None
+        return self._cipher.decrypt(envelope, row.id, kind.value, field=Field.CHECK,
+                                    context=context)  # fmt: skip
+
     def _admit(self, row: RawRow) -> RegistryObject:
         """Decrypt and check one stored row (before the indexes are built)."""
         try:
@@ -690,9 +707,10 @@ class Registry:
                     row.comment_enc, row.id, kind.value, field=Field.COMMENT, context=context
                 )
             )
+            check = self._open_check(row, kind, context)
         except DecryptionError as exc:
             raise DecryptionError(f"cannot load the pgcloak registry: {exc}") from None
-        obj = replace(skeleton, name=name, comment=comment)
+        obj = replace(skeleton, name=name, comment=comment, check=check)
         if obj.kind in RELATION_KINDS and obj.schema_name is None:
             raise RegistryIntegrityError(f"registry object {row.id} has no schema")
         if obj.kind not in RELATION_KINDS and obj.parent_id is None:
@@ -703,6 +721,20 @@ class Registry:
                 "(row modified outside pgcloak?)"
             )
         return obj
+
+
+def _check_envelope(row: RawRow, kind: Kind) -> bytes | None:
+    """The encrypted CHECK definition of a constraint row, if it has one."""
+    policy = row.policy
+    if policy is None or kind != Kind.CONSTRAINT:
+        return None
+    sealed = policy.get("check") if isinstance(policy, Mapping) else None
+    if not isinstance(sealed, str) or set(policy) != {"check"}:
+        raise RegistryIntegrityError(f"registry object {row.id} has a malformed check")
+    try:
+        return bytes.fromhex(sealed)
+    except ValueError:
+        raise RegistryIntegrityError(f"registry object {row.id} has a malformed check") from None
 
 
 def load(rows: Iterable[RawRow | tuple[Any, ...]], cipher: NameCipher) -> Registry:

@@ -130,7 +130,9 @@ def map_show(registry: Registry, obj: RegistryObject) -> list[str]:
                 extra.append(_CONTYPE_LABELS[o.contype])
             if o.implicit:
                 extra.append("implicit")
-            if o.policy is not None:
+            if o.check is not None:
+                extra.append("CHECK kept by pgcloak")
+            elif o.policy is not None:
                 extra.append("encryption policy")
             if o.comment is not None:
                 extra.append(f"comment {o.comment!r}")
@@ -239,6 +241,8 @@ def check_schema(conn: Conn, registry: Registry) -> list[Finding]:
             registered_attrs.setdefault(parent_rel.oid, set()).add(obj.physical_name)
             if obj.physical_name not in attrs.get(parent_rel.oid, set()):
                 findings.append(Finding("missing", f"{label} does not exist"))
+        elif obj.check is not None:
+            continue  # kept by pgcloak (CHECK on an encrypted column): not in the catalog
         else:
             registered_cons.setdefault(parent_rel.oid, set()).add(obj.physical_name)
             con = cons.get(parent_rel.oid, {}).get(obj.physical_name)

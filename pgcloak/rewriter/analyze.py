@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pgcloak.registry.names import new_physical_name
 from pgcloak.rewriter import literals
@@ -31,6 +31,9 @@ from pgcloak.rewriter.literals import split_qualified
 from pgcloak.rewriter.plan import CloakError
 from pgcloak.rewriter.scope import Col, Item, Node, Scope, node_kind
 from pgcloak.rewriter.tokens import EditSet, TokenStream
+
+if TYPE_CHECKING:
+    from pgcloak.rewriter.ddl_check import CheckSpan
 
 __all__ = ["Analyzer", "split_qualified"]
 
@@ -109,6 +112,8 @@ class Analyzer(ABC):
         self.colrefs: dict[int, Col] = {}
         self.outputs: dict[int, list[Col] | None] = {}
         self.collect: list[Col] | None = None  # columns referenced (for CHECK names)
+        # CHECK constraints of this statement by physical name (pgcloak.rewriter.ddl_check)
+        self.check_nodes: dict[str, CheckSpan] = {}
         self.claimed: set[int] = set()
         self.cloak_filter: CloakFilter | None = None  # which new tables get cloaked
         self.encrypt_rules: EncryptRules | None = None  # which new columns get encrypted

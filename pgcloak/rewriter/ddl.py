@@ -17,7 +17,7 @@ from pgcloak.registry.names import (
     implicit_sequence_name,
     new_physical_name,
 )
-from pgcloak.rewriter import ddl_encrypt, ddl_partition
+from pgcloak.rewriter import ddl_check, ddl_encrypt, ddl_partition
 from pgcloak.rewriter.catalog import (
     Column,
     Constraint,
@@ -26,6 +26,7 @@ from pgcloak.rewriter.catalog import (
     Relation,
     creation_schema,
 )
+from pgcloak.rewriter.ddl_check import CheckSpan
 from pgcloak.rewriter.dml import item_starts
 from pgcloak.rewriter.plan import CloakError
 from pgcloak.rewriter.scope import Col, Item, Node, Scope, node_kind
@@ -70,6 +71,7 @@ class _Pending:
     ref_table: str | None = None
     ref_cols: tuple[str, ...] = ()
     labels: list[str] | None = None  # EXCLUDE: its index column names (semantic)
+    check: CheckSpan | None = None  # CHECK: its node and tokens (ddl_check)
 
 
 def new_column(a: Analyzer, schema: str, name: str, taken: set[str]) -> Column:
@@ -161,6 +163,7 @@ class TableBuilder:
             raise CloakError("0A000", f"pgcloak does not support {ctype} constraints")
         pending = _Pending(contype, conname, name_tok, kw, [])
         if contype == "c":
+            pending.check = (con, ddl_check.check_span(a, loc, kw), column is None)
             a.collect = []
             a.expr(con.get("raw_expr"), self.scope)
             seen: dict[str, Column] = {}
@@ -408,6 +411,8 @@ class TableBuilder:
             else:
                 a.edits.add_before(p.kw_tok, f"CONSTRAINT {phys} ")
             a.sensitive.add(sem)
+            if p.check is not None:
+                a.check_nodes[phys] = p.check
             constraints.append(
                 Constraint(
                     rel.schema,

@@ -156,7 +156,7 @@ def _alter_cmd(a: Analyzer, rel: Relation, cmd: Node, start: int, end: int) -> R
         builder = TableBuilder(a, rel, existing=True)
         builder.constraint(cmd["def"]["Constraint"], None, end)
         cons, _ = builder.finish()
-        ddl_encrypt.check_constraints(a, rel, cons)
+        ddl_encrypt.check_constraints(a, rel, cons, (start, end - 1))
         a.changes.extend(AddConstraint(c) for c in cons)
         return rel
     if sub == "AT_DropConstraint":
@@ -171,6 +171,10 @@ def _alter_cmd(a: Analyzer, rel: Relation, cmd: Node, start: int, end: int) -> R
             a.edits.set(tok, a.dummy(name, "k"))  # the server just skips it
             return rel
         a.edits.set(tok, found.physical)
+        if found.check is not None:  # pgcloak's own: the server checks ownership, locks
+            a.edits.cut(start, end - 1, f"ALTER COLUMN {found.columns[0]} SET DEFAULT NULL")
+            a.changes.append(DropConstraint(rel.physical, found.physical))
+            return rel
         cascaded: tuple[Constraint, ...] = ()
         if cmd.get("behavior") == "DROP_CASCADE" and found.contype in ("p", "u"):
             cascaded = tuple(

@@ -5,9 +5,10 @@ A column the configuration's rules select (`Analyzer.encrypt_rules`) is created 
 declared type as written and its scope: its own by default, `group:<name>` with a
 key group, or the referenced column's for a foreign key to an encrypted
 deterministic column. The server only ever holds ciphertext there, so what would
-make it compute on values is refused: defaults, CHECK, generated/identity/serial,
+make it compute on values is refused: defaults, generated/identity/serial,
 COLLATE, uniqueness of randomized columns, foreign keys between encrypted and
-plain columns, indexes on expressions over encrypted columns.
+plain columns, indexes on expressions over encrypted columns. CHECKs on an encrypted
+column are kept and evaluated by pgcloak instead (pgcloak.rewriter.ddl_check).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from pgcloak.rewriter import ddl_check
 from pgcloak.rewriter.catalog import Column, ColumnPolicy, Constraint, Relation
 from pgcloak.rewriter.enc_tokens import Ctx, blank, refusal, type_span, type_sql
 from pgcloak.rewriter.plan import CloakError
@@ -38,7 +40,6 @@ __all__ = [
 _SERIAL_TYPES = frozenset({"serial", "serial4", "bigserial", "serial8", "smallserial", "serial2"})
 _TEXT_TYPES = frozenset({"text", "varchar", "character varying"})
 DEFAULT: Ctx = ("give a default value to", "")
-CHECK: Ctx = ("use", " in a CHECK constraint")
 UNIQUE: Ctx = ("enforce uniqueness of", "")
 SERIAL: Ctx = ("make a serial or identity column of", "")
 Rule = tuple[str, str | None]  # (mode, key group)
@@ -83,8 +84,6 @@ def _declare(a: Analyzer, table: str, coldef: Node, col: Column, rule: Rule) -> 
             raise refusal(("generate", ""), name, mode, pos)
         if ctype == "CONSTR_IDENTITY":
             raise refusal(SERIAL, name, mode, pos)
-        if ctype == "CONSTR_CHECK":
-            raise refusal(CHECK, name, mode, pos)
         if ctype in ("CONSTR_PRIMARY", "CONSTR_UNIQUE") and mode != "deterministic":
             raise refusal(UNIQUE, name, mode, pos)
     first, last = type_span(a, type_name)
@@ -112,12 +111,18 @@ class _Checker:
     """
 
     def __init__(
-        self, a: Analyzer, rel: Relation, policies: dict[str, ColumnPolicy], groups: set[str]
+        self,
+        a: Analyzer,
+        rel: Relation,
+        policies: dict[str, ColumnPolicy],
+        groups: set[str],
+        segment: tuple[int, int] | None = None,
     ) -> None:
         self.a = a
         self.rel = rel
         self.policies = policies
         self.grouped = groups  # new columns with an explicit key group
+        self.segment = segment  # ALTER TABLE ADD CONSTRAINT: the command's tokens
 
     def policy(self, rel: Relation, physical: str) -> ColumnPolicy | None:
         if rel.physical == self.rel.physical and physical in self.policies:
@@ -139,14 +144,16 @@ class _Checker:
         for _ in range(len(fks) + 1):  # new columns follow the scope of what they reference
             if not any(self.follow(fk) for fk in fks):
                 break
-        for con in constraints:
+        for k, con in enumerate(constraints):
             if con.contype in ("p", "u"):
                 self.unique(con)
             elif con.contype == "c":
-                for phys in con.columns:
-                    p = self.policy(self.rel, phys)
-                    if p is not None:
-                        raise refusal(CHECK, self.name(self.rel, phys), p.mode)
+                if any(self.policy(self.rel, phys) is not None for phys in con.columns):
+                    # Evaluated by pgcloak on the plaintext; the server never sees it.
+                    constraints[k] = ddl_check.registry_check(
+                        self.a, self.rel, con, lambda phys: self.policy(self.rel, phys),
+                        segment=self.segment,
+                    )  # fmt: skip
             elif con.contype == "f":
                 self.foreign_key(con)
 
@@ -250,9 +257,12 @@ def add_column(
     return replace(col, policy=policies[col.physical]) if policies else col
 
 
-def check_constraints(a: Analyzer, rel: Relation, constraints: list[Constraint]) -> None:
-    """ALTER TABLE ... ADD CONSTRAINT on existing columns (scopes cannot change any more)."""
-    _Checker(a, rel, {}, set()).run(constraints)
+def check_constraints(
+    a: Analyzer, rel: Relation, constraints: list[Constraint], segment: tuple[int, int]
+) -> None:
+    """ALTER TABLE ... ADD CONSTRAINT on existing columns (scopes cannot change any more);
+    `segment` is the command's first and last token."""
+    _Checker(a, rel, {}, set(), segment).run(constraints)
 
 
 def check_alter_column(a: Analyzer, rel: Relation, column: Column, sub: str, cmd: Node) -> None:

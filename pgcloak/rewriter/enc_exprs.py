@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from pgcloak.rewriter.catalog import EncColumn
+from pgcloak.rewriter.ddl_check import has_checks
 from pgcloak.rewriter.enc_tokens import Ctx, array_range, literal_range, refusal, strip_casts
 from pgcloak.rewriter.plan import CloakError
 from pgcloak.rewriter.scope import Col, Node, node_kind
@@ -436,6 +437,8 @@ class ExprWalker(ABC):
                 "0A000", "pgcloak cannot use one literal for columns under different keys",
                 span[0] + 1,
             )  # fmt: skip
+        if prev is not None:
+            self._one_use(prev, enc, "a literal")
         self.found.slots.setdefault(span, enc)
         strip_casts(self.a, op.casts, op.inner)
 
@@ -447,8 +450,25 @@ class ExprWalker(ABC):
             raise CloakError(
                 "0A000", f"pgcloak cannot use parameter ${number} for columns under different keys"
             )
+        if prev is not None:
+            self._one_use(prev, enc, f"parameter ${number}")
         self.found.params.setdefault(number, enc)
         strip_casts(self.a, op.casts, op.inner)
+
+    def _one_use(self, prev: EncColumn, enc: EncColumn, what: str) -> None:
+        """A value sealed once for two uses: refused when one of them writes into a column
+        with CHECKs pgcloak evaluates (the value is tested for the use it is sealed for)."""
+        if (prev.table, prev.column, prev.compare, prev.row) == (
+            enc.table, enc.column, enc.compare, enc.row,
+        ):  # fmt: skip
+            return
+        for use in (prev, enc):
+            if not use.compare and has_checks(self.a.catalog, use.table, use.column):
+                raise CloakError(
+                    "0A000",
+                    f"pgcloak cannot use {what} for more than one value where one is written "
+                    "into a column with CHECK constraints pgcloak evaluates",
+                )
 
     # -- grouping, ordering, windows ---------------------------------------------------
 

@@ -18,6 +18,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from pgcloak.rewriter.catalog import EncColumn, Relation
+from pgcloak.rewriter.ddl_check import has_checks
 from pgcloak.rewriter.enc_exprs import (
     FUNC,
     GROUP,
@@ -113,6 +114,13 @@ def check_join(a: Analyzer, left: Col, right: Col, tok: int | None) -> None:
         raise refusal(("join", " with a column under another key"), enc.name, enc.enc.mode, pos)
     if not left.enc.deterministic:
         raise refusal(("join on", ""), enc.name, enc.enc.mode, pos)
+
+
+def _in_row(target: Target | None, row: int) -> Target | None:
+    """A VALUES target for row `row` (so the proxy reports the first row's failure)."""
+    if target is None or target[0] is None or row == 0:
+        return target
+    return (replace(target[0], row=row), target[1])
 
 
 class _Pass(ExprWalker):
@@ -284,7 +292,28 @@ class _Pass(ExprWalker):
         col = rel.column(name)
         if col is None or col.policy is None:
             return (None, name)
+        if rel.kind != "table" and self._checked_below(rel, 0):
+            raise refusal(
+                ("write", " through a view of a table with CHECK constraints pgcloak evaluates"),
+                name, col.policy.mode,
+            )  # fmt: skip
         return (EncColumn.of(col.policy, rel.physical, col.physical), name)
+
+    def _checked_below(self, rel: Relation, depth: int) -> bool:
+        """Whether a view may write into a table column with pgcloak-held CHECKs (the
+        proxy checks values by the column they are written to: the view's)."""
+        if rel.reads is None or depth > 16:
+            return True
+        for physical in rel.reads:
+            below = self.a.catalog.relation_by_physical(physical)
+            if below is None:
+                continue
+            if below.kind == "table":
+                if any(c.check is not None for c in self.a.catalog.constraints(physical)):
+                    return True
+            elif self._checked_below(below, depth + 1):
+                return True
+        return False
 
     def relation(self, rv: Node) -> Relation | None:
         return self.a.find(rv.get("schemaname"), rv["relname"])
@@ -306,9 +335,9 @@ class _Pass(ExprWalker):
             sbody = node_kind(sel)[1]
             if "valuesLists" in sbody and not sbody.get("sortClause"):
                 self.with_clause(sbody)
-                for row in sbody["valuesLists"]:
+                for r, row in enumerate(sbody["valuesLists"]):
                     for k, item in enumerate(row["List"]["items"]):
-                        self.assign(self.nth(targets, k), item)
+                        self.assign(_in_row(self.nth(targets, k), r), item)
             elif targets is not None and _positional(sbody):
                 # Each list item goes into one column: literals/parameters can be encrypted.
                 count = len(sbody.get("targetList", ()))
@@ -347,6 +376,14 @@ class _Pass(ExprWalker):
                 raise self.refuse(STORE_PLAIN, col, node)
             if col.enc.scope != enc.scope:
                 raise self.refuse(STORE_OTHER_KEY, col, node)
+            same = (col.enc.table, col.enc.column) == (enc.table, enc.column)
+            if not same and has_checks(self.a.catalog, enc.table, enc.column):
+                assert target is not None
+                raise refusal(
+                    ("copy stored values into", ": it has CHECK constraints pgcloak evaluates "
+                     "on the values the client sends"),
+                    target[1], enc.mode,
+                )  # fmt: skip
         elif enc is not None:
             assert target is not None
             raise refusal(STORE_EXPR, target[1], enc.mode)

@@ -118,6 +118,9 @@ class Constraint:
     ref_columns: tuple[str, ...] = ()
     implicit: bool = False
     parent: str | None = None
+    # A CHECK on an encrypted column that pgcloak keeps and evaluates (the server has no
+    # such constraint): its tree as JSON (pgcloak.crypto.checks); never in reprs.
+    check: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

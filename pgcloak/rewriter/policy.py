@@ -90,6 +90,9 @@ class EncColumn:
     # A value compared with the column (WHERE col = v, IN) rather than stored in it:
     # PostgreSQL then compares without the column's typmod and in the common type.
     compare: bool = field(default=False, compare=False)
+    # Which row of a multi-row VALUES a written value belongs to (PostgreSQL reports the
+    # first row's failing CHECK): pgcloak.proxy.cloak_checks.
+    row: int = field(default=0, compare=False)
 
     @classmethod
     def of(cls, policy: ColumnPolicy, table: str, column: str) -> EncColumn:

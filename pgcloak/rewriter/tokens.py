@@ -173,6 +173,8 @@ class EditSet:
     def __init__(self) -> None:
         self.replace: dict[int, str] = {}  # token index -> new text
         self.insert: dict[int, list[str]] = {}  # token index -> texts inserted before it
+        # (first, last) token ranges replaced as a whole, edits inside them dropped
+        self.cuts: list[tuple[int, int, str]] = []
 
     def set(self, i: int, name: str) -> None:
         """Replace token i by the identifier `name` (quoted only if it needs to be)."""
@@ -184,6 +186,16 @@ class EditSet:
 
     def add_before(self, i: int, text: str) -> None:
         self.insert.setdefault(i, []).append(text)
+
+    def cut(self, first: int, last: int, text: str = " ") -> None:
+        """Replace tokens first..last (inclusive) by `text`, whatever else was edited there."""
+        self.cuts.append((first, last, text))
+
+    def _cut_at(self, i: int) -> tuple[int, int, str] | None:
+        for cut in self.cuts:
+            if cut[0] <= i <= cut[1]:
+                return cut
+        return None
 
     def apply(self, ts: TokenStream, start: int, end: int) -> tuple[str, PositionMap]:
         """Rewrite text[start:end]: edits applied, comments replaced by a space, stripped.
@@ -199,6 +211,10 @@ class EditSet:
             t = ts.toks[i]
             if t.start >= end:
                 break
+            if self.cuts and (cut := self._cut_at(i)) is not None:
+                if i == cut[0]:
+                    pieces.append((t.start, ts.toks[cut[1]].end + 1, cut[2]))
+                continue
             for text in self.insert.get(i, ()):
                 pieces.append((t.start, t.start, text))
             new = self.replace.get(i)
