@@ -38,13 +38,19 @@ RULES: dict[str, str | tuple[str, str]] = {
     "d1.e": DET,
     "adv_g.e": DET,
     "adv_g2.e": DET,
-    **{f"w.{c}": DET for c in ("vc", "nm", "r4", "f8", "i4", "d", "ch", "tx", "tm", "ia")},
+    **{
+        f"w.{c}": DET
+        for c in ("vc", "nm", "r4", "f8", "i4", "d", "ch", "tx", "tm", "ia", "tz", "iv")
+    },
 }
 TWIN_COLUMNS = (
     "id int PRIMARY KEY, vc varchar(5), nm numeric(6,2), r4 real, f8 float8, i4 int, d date, "
-    "ch char(5), tx text, tm time(0), ia int[]"
+    "ch char(5), tx text, tm time(0), ia int[], tz timestamptz, iv interval"
 )
-TWIN_ROW = "(1, 'abcde', 1.00, 0.1, 0.1, 2, '2020-01-01', 'abc', 'abc', '10:00:00', '{1,2}')"
+TWIN_ROW = (
+    "(1, 'abcde', 1.00, 0.1, 0.1, 2, '2020-01-01', 'abc', 'abc', '10:00:00', '{1,2}', "
+    "'2020-01-01 10:00:00+00', '1 day 02:00')"
+)
 SETUP = (
     "CREATE TABLE t (id int PRIMARY KEY, e text UNIQUE, r text, n int, e2 text, p text)",
     "CREATE TABLE u (id int PRIMARY KEY, e text, r text)",
@@ -558,7 +564,59 @@ def test_failed_returning_changes_nothing(
     assert run(conn, "SELECT p FROM t WHERE id = 2").rows == [("pb",)]
 
 
-# -- 6. the upstream as a whole --------------------------------------------------------------
+# -- 6. client_encoding (E33, fixed) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["set", "startup"])
+def test_other_client_encodings_are_refused_not_misencoded(adv: Adv, how: str) -> None:
+    """The server converts plain text to the client's encoding; decrypted text was sent
+    as UTF-8 regardless (LATIN1 read 'hÃ©llo'). Now 0A000 instead of mis-encoded text."""
+    with adv.connect() as setup:
+        setup.execute("INSERT INTO t (id, e, r, p) VALUES (600, 'héllo', 'wörld', 'plän') "
+                      "ON CONFLICT (id) DO NOTHING")  # fmt: skip
+    options = {"client_encoding": "LATIN1"} if how == "startup" else {}
+    with psycopg.connect(adv.proxy.dsn(adv.db), autocommit=True, **options) as conn:
+        if how == "set":
+            conn.execute("SET client_encoding TO 'LATIN1'")
+        assert conn.info.encoding == "iso8859-1"
+        assert run(conn, "SELECT p FROM t WHERE id = 600").rows == [("plän",)]
+        for sql in ("SELECT e FROM t WHERE id = 600", "SELECT id, r FROM t WHERE id = 600",
+                    "COPY (SELECT e FROM t WHERE id = 600) TO STDOUT"):  # fmt: skip
+            got = run(conn, sql)
+            assert got.sqlstate == "0A000" and "client_encoding" in got.message, (sql, got)
+        assert run(conn, "SELECT count(e) FROM t WHERE id = 600").rows == [(1,)]
+        conn.execute("SET client_encoding TO 'UTF8'")
+        assert run(conn, "SELECT e, r FROM t WHERE id = 600").rows == [("héllo", "wörld")]
+
+
+# -- 7. settings the session started with (E34, fixed) ---------------------------------------
+
+
+def test_startup_settings_apply_to_encrypted_values(adv: Adv) -> None:
+    """DateStyle/TimeZone/IntervalStyle from startup options (or ALTER ROLE/DATABASE,
+    postgresql.conf) were ignored: decrypted values printed as ISO/UTC and literals read
+    as MDY/UTC. They must read and print exactly as the plain twin's."""
+    options = "-c DateStyle=SQL,DMY -c TimeZone=Asia/Kolkata -c IntervalStyle=iso_8601"
+    with psycopg.connect(adv.proxy.dsn(adv.db), autocommit=True, options=options) as conn:
+        pc = conn.pgconn
+        for table in ("w", "pw"):
+            res = pc.exec_(
+                f"INSERT INTO {table} (id, d, tz) VALUES (300, '02/03/2020', "
+                "'04/05/2020 06:07')".encode()
+            )
+            assert res.error_message == b"", res.error_message
+
+        def raw(table: str) -> list[bytes | None]:
+            res = pc.exec_(
+                f"SELECT d, tz, iv FROM {table} WHERE id IN (1, 300) ORDER BY id".encode()
+            )
+            return [res.get_value(i, j) for i in range(res.ntuples) for j in range(res.nfields)]
+
+        assert raw("w") == raw("pw")
+        assert raw("w")[:3] == [b"01/01/2020", b"01/01/2020 15:30:00 IST", b"P1DT2H"]
+
+
+# -- 8. the upstream as a whole --------------------------------------------------------------
 
 
 def test_no_marker_reached_the_upstream(adv: Adv) -> None:
