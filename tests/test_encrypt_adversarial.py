@@ -1,4 +1,4 @@
-"""Adversarial probes of column encryption through the real proxy (review, E30).
+"""Adversarial probes of column encryption through the real proxy (review: E30, E31).
 
 pgcloak's promise for encrypted columns: no plaintext value reaches the upstream (its
 statement log, table data, catalogs, `pg_dump`), and what the database cannot do
@@ -16,111 +16,16 @@ from __future__ import annotations
 import itertools
 import re
 import subprocess
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
-from encrypt_support import BUGS, DET, RND, config_toml, physical_names
-from helpers import PgServer, ProxyLauncher, ProxyProcess, embedded_server
+from adversarial_support import run
 
-from pgcloak.crypto.keys import MasterKey
-from pgcloak.embedded import EmbeddedPostgres
-from pgcloak.registry.install import install
+if TYPE_CHECKING:
+    from adversarial_env import Adv
 
-RULES: dict[str, str | tuple[str, str]] = {
-    **{f"t.{c}": m for c, m in (("e", DET), ("r", RND), ("n", DET), ("e2", DET))},
-    **{f"t.{c}": m for c, m in (("x1", DET), ("x2", RND), ("x3", DET))},
-    **{f"c.{c}": m for c, m in (("e", DET), ("r", RND), ("n", DET), ("e2", DET))},
-    "u.e": DET,
-    "u.r": RND,
-    "d1.e": DET,
-    "adv_g.e": DET,
-    "adv_g2.e": DET,
-    **{
-        f"w.{c}": DET
-        for c in ("vc", "nm", "r4", "f8", "i4", "d", "ch", "tx", "tm", "ia", "tz", "iv")
-    },
-}
-TWIN_COLUMNS = (
-    "id int PRIMARY KEY, vc varchar(5), nm numeric(6,2), r4 real, f8 float8, i4 int, d date, "
-    "ch char(5), tx text, tm time(0), ia int[], tz timestamptz, iv interval"
-)
-TWIN_ROW = (
-    "(1, 'abcde', 1.00, 0.1, 0.1, 2, '2020-01-01', 'abc', 'abc', '10:00:00', '{1,2}', "
-    "'2020-01-01 10:00:00+00', '1 day 02:00')"
-)
-SETUP = (
-    "CREATE TABLE t (id int PRIMARY KEY, e text UNIQUE, r text, n int, e2 text, p text)",
-    "CREATE TABLE u (id int PRIMARY KEY, e text, r text)",
-    "INSERT INTO t VALUES (1, 'a', 'ra', 1, 'a', 'pa'), (2, 'b', 'rb', 2, 'b', 'pb'), "
-    "(3, NULL, NULL, NULL, NULL, NULL)",
-    "INSERT INTO u VALUES (1, 'a', 'ra')",
-    "ALTER TABLE t ADD COLUMN x1 text",
-    "ALTER TABLE t ADD COLUMN x2 int",
-    "CREATE VIEW adv_all AS SELECT id, e, r FROM t",
-    "CREATE VIEW adv_all_e2 AS SELECT id, e2 FROM t",
-    *(
-        f"CREATE TABLE {name} (id int PRIMARY KEY, e text, r text, n int, e2 text, p text)"
-        for name in ("c", "pc")
-    ),
-    *(
-        f"INSERT INTO {name} VALUES (1, 'a', 'ra', 1, 'a', 'p'), (2, 'b', 'rb', 2, 'b', 'p'), "
-        "(3, 'a', 'ra', 1, 'x', 'p'), (4, NULL, NULL, NULL, NULL, NULL), "
-        "(5, 'it''s', 'r', -1, 'a', 'q')"
-        for name in ("c", "pc")
-    ),
-    f"CREATE TABLE w ({TWIN_COLUMNS})",
-    f"CREATE TABLE pw ({TWIN_COLUMNS})",
-    f"INSERT INTO w VALUES {TWIN_ROW}",
-    f"INSERT INTO pw VALUES {TWIN_ROW}",
-)
-
-
-@dataclass
-class Adv:
-    proxy: ProxyProcess
-    upstream: PgServer
-    db: str
-    log_offset: int
-
-    def connect(self) -> psycopg.Connection[Any]:
-        return psycopg.connect(self.proxy.dsn(self.db), autocommit=True)
-
-
-@pytest.fixture(scope="module")
-def adv(
-    master_key: str, launcher: ProxyLauncher, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Adv]:
-    """A statement-logging upstream of its own (its log holds only these probes)."""
-    embedded = EmbeddedPostgres(log_statement="all")
-    embedded.start()
-    try:
-        upstream = embedded_server(embedded)
-        db = upstream.create_database()
-        with psycopg.connect(upstream.dsn(db), autocommit=True) as conn:
-            install(conn, MasterKey.from_base64(master_key))
-        config = tmp_path_factory.mktemp("adversarial") / "pgcloak.toml"
-        config.write_text(config_toml(RULES))
-        proxy = launcher.start(
-            upstream.upstream_url(), "--config", str(config),
-            env={"PGCLOAK_MASTER_KEY": master_key},
-        )  # fmt: skip
-        a = Adv(proxy, upstream, db, upstream.log_size())
-        with a.connect() as conn:
-            for sql in SETUP:
-                conn.execute(sql)
-        yield a
-    finally:
-        embedded.stop()
-
-
-@pytest.fixture
-def conn(adv: Adv) -> Iterator[psycopg.Connection[Any]]:
-    with adv.connect() as c:
-        yield c
-
+pytest_plugins = ("adversarial_env",)  # fixtures: adv, conn
 
 _MARKS = itertools.count(1)
 MARKERS: list[str] = []  # every marker a probe sent (scanned for at the end)
@@ -130,30 +35,6 @@ def _marker() -> str:
     m = f"QZV{next(_MARKS):04d}X"
     MARKERS.append(m)
     return m
-
-
-@dataclass
-class Outcome:
-    sqlstate: str | None
-    message: str = ""
-    rows: list[tuple[Any, ...]] | None = None
-
-
-def run(conn: psycopg.Connection[Any], sql: str, copy_data: str | None = None) -> Outcome:
-    try:
-        with conn.cursor() as cur:
-            if sql.startswith("COPY"):
-                with cur.copy(sql) as cp:
-                    if copy_data is not None:
-                        cp.write(copy_data.encode())
-                    else:
-                        return Outcome(None, rows=[(bytes(b),) for b in cp])
-                return Outcome(None, rows=[(cur.rowcount,)])
-            cur.execute(sql)
-            rows = cur.fetchall() if cur.description is not None else None
-            return Outcome(None, rows=rows)
-    except psycopg.Error as exc:
-        return Outcome(exc.sqlstate, str(exc.diag.message_primary or ""))
 
 
 # -- 1. values hidden in less common syntax: encrypted or refused, never sent -------------
@@ -524,99 +405,7 @@ def test_batches(adv: Adv, conn: psycopg.Connection[Any]) -> None:
     assert run(conn, f"SELECT count(*) FROM t WHERE e IN ('{m}5', '{m}m1-7')").rows == [(2,)]
 
 
-# -- 5. values that do not decrypt: XX001 on every path, never ciphertext ------------------
-
-
-def _move_ciphertexts(adv: Adv, master_key: str, row: int) -> None:
-    """Directly on the upstream: e's ciphertext into e2 (another key), r's into x1
-    (another key and mode) of row `row`; the associated data must reject both."""
-    with psycopg.connect(adv.upstream.dsn(adv.db), autocommit=True) as direct:
-        tb, i, e, e2, r, x1 = physical_names(direct, master_key, "t", "id", "e", "e2", "r", "x1")
-        cur = direct.execute(f"UPDATE {tb} SET {e2} = {e}, {x1} = {r} WHERE {i} = {row}")
-        assert cur.rowcount == 1
-
-
-@pytest.mark.parametrize(
-    "sql",
-    ["SELECT id, e2 FROM t WHERE id = 2", "SELECT x1 FROM t WHERE id = 2",
-     "COPY (SELECT e2 FROM t WHERE id = 2) TO STDOUT", "COPY t (id, x1) TO STDOUT",
-     "SELECT e2 FROM adv_all_e2 WHERE id = 2",
-     "WITH c AS (SELECT id, e2 FROM t) SELECT e2 FROM c WHERE id = 2"],
-)  # fmt: skip
-def test_moved_ciphertext_is_xx001(
-    adv: Adv, master_key: str, conn: psycopg.Connection[Any], sql: str
-) -> None:
-    _move_ciphertexts(adv, master_key, 2)
-    got = run(conn, sql)
-    assert got.sqlstate == "XX001", got
-    assert "\\x" not in got.message and not re.search("[0-9a-f]{16}", got.message)
-
-
-@pytest.mark.xfail(strict=True, reason=f"E32: {BUGS}")
-def test_failed_returning_changes_nothing(
-    adv: Adv, master_key: str, conn: psycopg.Connection[Any]
-) -> None:
-    """A statement that ends in an error has not happened, in PostgreSQL. DML whose
-    RETURNING value fails to decrypt ends with XX001, but outside a transaction block
-    the server has already committed the change (E32)."""
-    _move_ciphertexts(adv, master_key, 2)
-    assert run(conn, "UPDATE t SET p = 'changed' WHERE id = 2 RETURNING e2").sqlstate == "XX001"
-    assert run(conn, "SELECT p FROM t WHERE id = 2").rows == [("pb",)]
-
-
-# -- 6. client_encoding (E33, fixed) ---------------------------------------------------------
-
-
-@pytest.mark.parametrize("how", ["set", "startup"])
-def test_other_client_encodings_are_refused_not_misencoded(adv: Adv, how: str) -> None:
-    """The server converts plain text to the client's encoding; decrypted text was sent
-    as UTF-8 regardless (LATIN1 read 'hÃ©llo'). Now 0A000 instead of mis-encoded text."""
-    with adv.connect() as setup:
-        setup.execute("INSERT INTO t (id, e, r, p) VALUES (600, 'héllo', 'wörld', 'plän') "
-                      "ON CONFLICT (id) DO NOTHING")  # fmt: skip
-    options = {"client_encoding": "LATIN1"} if how == "startup" else {}
-    with psycopg.connect(adv.proxy.dsn(adv.db), autocommit=True, **options) as conn:
-        if how == "set":
-            conn.execute("SET client_encoding TO 'LATIN1'")
-        assert conn.info.encoding == "iso8859-1"
-        assert run(conn, "SELECT p FROM t WHERE id = 600").rows == [("plän",)]
-        for sql in ("SELECT e FROM t WHERE id = 600", "SELECT id, r FROM t WHERE id = 600",
-                    "COPY (SELECT e FROM t WHERE id = 600) TO STDOUT"):  # fmt: skip
-            got = run(conn, sql)
-            assert got.sqlstate == "0A000" and "client_encoding" in got.message, (sql, got)
-        assert run(conn, "SELECT count(e) FROM t WHERE id = 600").rows == [(1,)]
-        conn.execute("SET client_encoding TO 'UTF8'")
-        assert run(conn, "SELECT e, r FROM t WHERE id = 600").rows == [("héllo", "wörld")]
-
-
-# -- 7. settings the session started with (E34, fixed) ---------------------------------------
-
-
-def test_startup_settings_apply_to_encrypted_values(adv: Adv) -> None:
-    """DateStyle/TimeZone/IntervalStyle from startup options (or ALTER ROLE/DATABASE,
-    postgresql.conf) were ignored: decrypted values printed as ISO/UTC and literals read
-    as MDY/UTC. They must read and print exactly as the plain twin's."""
-    options = "-c DateStyle=SQL,DMY -c TimeZone=Asia/Kolkata -c IntervalStyle=iso_8601"
-    with psycopg.connect(adv.proxy.dsn(adv.db), autocommit=True, options=options) as conn:
-        pc = conn.pgconn
-        for table in ("w", "pw"):
-            res = pc.exec_(
-                f"INSERT INTO {table} (id, d, tz) VALUES (300, '02/03/2020', "
-                "'04/05/2020 06:07')".encode()
-            )
-            assert res.error_message == b"", res.error_message
-
-        def raw(table: str) -> list[bytes | None]:
-            res = pc.exec_(
-                f"SELECT d, tz, iv FROM {table} WHERE id IN (1, 300) ORDER BY id".encode()
-            )
-            return [res.get_value(i, j) for i in range(res.ntuples) for j in range(res.nfields)]
-
-        assert raw("w") == raw("pw")
-        assert raw("w")[:3] == [b"01/01/2020", b"01/01/2020 15:30:00 IST", b"P1DT2H"]
-
-
-# -- 8. the upstream as a whole --------------------------------------------------------------
+# -- 5. the upstream as a whole --------------------------------------------------------------
 
 
 def test_no_marker_reached_the_upstream(adv: Adv) -> None:
