@@ -365,6 +365,19 @@ def test_casts_on_encrypted_values_are_taken_off(cat: MemoryCatalog) -> None:
     assert plan.param_slots == ((1, email), (2, email))
 
 
+def test_number_casts_do_not_depend_on_the_number(cat: MemoryCatalog) -> None:
+    """E30: `2::int` and `1.9::int` share a template (template.py), so whether a cast on
+    a number may be taken off cannot depend on the number: refused for both."""
+    rw = Rewriter(encrypt_rules=rules)
+    for sql in ("UPDATE accounts SET abalance = 2::int", "UPDATE accounts SET abalance = 1.9::int"):
+        with pytest.raises(CloakError) as info:
+            rw.plan(sql, cat)
+        assert "cannot cast a value" in info.value.message
+    for n in ("2", "2.5", "1e3"):
+        (plan,) = rw.plan(f"UPDATE customers SET balance = {n}::numeric", cat)
+        assert plan.sql is not None and plan.sql.endswith(f"= {n}")
+
+
 def test_insert_values(cat: MemoryCatalog) -> None:
     plan = one(
         "INSERT INTO customers (email, notes, balance, plain_name) "
@@ -627,6 +640,7 @@ def test_prepare(cat: MemoryCatalog) -> None:
         ("SELECT id FROM customers WHERE email = CAST($1 AS varchar(100))", None),
         ("INSERT INTO customers (email) VALUES ('x'::varchar(5))", None),
         ("INSERT INTO customers (email) VALUES (5::int)", None),
+        ("UPDATE accounts SET abalance = 2::int WHERE aid = 1", None),
         ("SELECT 1 FROM customers WHERE email = 'a'\n'b'",
          "does not support continued string literals for encrypted columns"),
     ],

@@ -192,9 +192,9 @@ def literal_range(a: Analyzer, const: Node) -> tuple[int, int]:
 # the proxy reads the value as if it had not been cast. That is only right when the
 # cast could not change the value or how it compares: a cast to the column's own type
 # (text and varchar interchangeably), without a length/precision when comparing (the
-# cast would truncate or round first) and, when storing, only with the column's own.
+# cast would truncate or round first) and, when storing, only with the column's own;
+# on a number, only to numeric for a numeric column.
 _STRING_TYPES = frozenset({"text", "varchar"})
-_INTEGER_TYPES = frozenset({"int2", "int4", "int8", "numeric"})
 TypeKey = tuple[str, str, bool]  # base type name, typmods, array
 
 
@@ -225,9 +225,10 @@ def cast_keeps_value(casts: list[Node], inner: Node | None, type_sql: str, compa
     col = _declared_key(type_sql)
     if col is None:
         return False
-    if "ival" in inner:  # a number token keeps its own type once the cast is gone
-        numbers = col[0] in _INTEGER_TYPES
-    elif "fval" in inner:
+    if "ival" in inner or "fval" in inner:
+        # A number keeps its own type once the cast is gone (int4, int8 or numeric),
+        # and statements differing only in their numbers share one plan (template.py):
+        # only a numeric column reads every number as the cast would.
         numbers = col[0] == "numeric"
     elif "boolval" in inner:
         numbers = col[0] == "bool"
