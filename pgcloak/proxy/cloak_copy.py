@@ -114,12 +114,22 @@ def copy_options(sql: str, columns: Sequence[str] | None = None) -> CopyOptions:
             values[name] = _sval(arg)
         elif name in _FORCE:
             values[name] = _force(arg, names)
+        elif name == "encoding" and not _as_is(_sval(arg)):
+            # Encrypted values are read and written as UTF-8 (E33).
+            raise CopyValueError(
+                "0A000",
+                "pgcloak can copy encrypted columns only in encoding UTF8 (or SQL_ASCII)",
+            )
     if fmt == "csv":
         values.setdefault("delimiter", ",")
         values.setdefault("null", "")
         quote = values.setdefault("quote", '"')
         values.setdefault("escape", quote)
     return CopyOptions(format=fmt, **values)
+
+
+def _as_is(encoding: str) -> bool:
+    return encoding.upper().replace("_", "").replace("-", "") in ("UTF8", "UNICODE", "SQLASCII")
 
 
 def _sval(node: Any) -> str:

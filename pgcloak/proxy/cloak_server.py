@@ -49,6 +49,11 @@ from pgcloak.rewriter.template import shape_of
 
 _ENDS: Final = {ord("1"): U_PARSE, ord("2"): U_BIND, ord("3"): U_CLOSE, ord("V"): U_FUNC}
 _SETS_FORMAT = frozenset({"VariableSetStmt", "DiscardStmt"})
+# Decrypted text is UTF-8 (the server encoding pgcloak assumes); the server converts
+# plain text to the client's encoding, pgcloak does not: other encodings are refused
+# for encrypted values rather than sent mis-encoded (E33).
+_AS_IS_ENCODINGS = frozenset({b"UTF8", b"UNICODE", b"SQLASCII"})
+_NOT_UTF8 = "pgcloak can read encrypted columns only with client_encoding UTF8 (or SQL_ASCII)"
 _FORMAT_GUCS = frozenset(
     {b"DateStyle", b"IntervalStyle", b"TimeZone", b"standard_conforming_strings"}
 )
@@ -171,6 +176,8 @@ class ServerSide(ClientSide):
             return b""
         if head.enc is not None:
             try:
+                if not self.client_utf8:
+                    raise ValueError_("0A000", _NOT_UTF8)
                 decoder = head.decoder
                 if decoder is None:
                     decoder = head.decoder = row_decoder(
@@ -286,9 +293,17 @@ class ServerSide(ClientSide):
             unmasker = Unmasker({**unmasker.names, **dict(plan.notice_names)}, unmasker.catalog)
         return encode_fields(b"N", unmasker.fields(fields))
 
+    def startup_status(self, message: bytes) -> None:
+        """A ParameterStatus the server sent during startup, before this session existed
+        (startup options, ALTER ROLE/DATABASE SET, postgresql.conf: E34)."""
+        self._s_parameter_status(message, 0, len(message))
+
     def _s_parameter_status(self, buf: bytes, start: int, end: int) -> bytes | None:
         """Follow the settings that change how encrypted values are read and printed."""
         name, value = two_cstrs(buf, start + 5, end)
+        if name == b"client_encoding":
+            normalized = value.upper().replace(b"_", b"").replace(b"-", b"")
+            self.client_utf8 = normalized in _AS_IS_ENCODINGS
         if name in _FORMAT_GUCS:
             text = value.decode("utf-8", "replace")
             fmt = self.fmt
@@ -372,6 +387,8 @@ class ServerSide(ClientSide):
         if copy is None:
             return None
         try:
+            if not self.client_utf8:
+                raise ValueError_("0A000", _NOT_UTF8)
             data = copy.feed(buf[start + 5 : end])
         except ValueError_ as exc:
             return self._fail_copy_out(exc)

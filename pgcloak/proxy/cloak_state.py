@@ -71,6 +71,7 @@ class SessionState(metaclass=ABCMeta):
         self.private: tuple[OverlayCatalog, Registry] | None = None  # DDL in this transaction
         self.private_keys: Keyring | None = None
         self.fmt: SessionFormat = DEFAULT_FORMAT  # DateStyle, TimeZone... for value codecs
+        self.client_utf8 = True  # client_encoding UTF8 (or SQL_ASCII): decrypted text as is
         self.unreported = Unreported()  # bytea_output, extra_float_digits (not reported)
         self.poisoned = False  # a value failed to decrypt: drop the rest until ReadyForQuery
         self.copy_in: CopyTransformer | None = None  # client CopyData being encrypted

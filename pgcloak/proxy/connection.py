@@ -131,6 +131,8 @@ class ClientConnection(asyncio.Protocol):
         self._paused = False
         self._cancel = False  # this connection only carried a CancelRequest
         self._early: list[bytes] = []  # client messages that arrived during authentication
+        # the server's ParameterStatus during startup (DateStyle, TimeZone, client_encoding...)
+        self._startup_status: list[bytes] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ lifecycle
@@ -476,6 +478,8 @@ class ClientConnection(asyncio.Protocol):
                 self.proxy.cancel_keys[self.key] = self
         elif typ == b"E":
             self._server_failed = True
+        elif typ == b"S" and self.proxy.cloak is not None:
+            self._startup_status.append(frame(typ, body))
         elif typ == b"Z":
             msg = frame(typ, body)
             if self.proxy.cloak is not None:
@@ -544,6 +548,9 @@ class ClientConnection(asyncio.Protocol):
             on_fatal=self.fatal,
         )
         self.cloak = self.session = cloak
+        for status in self._startup_status:  # the settings decrypted values are printed in
+            cloak.startup_status(status)
+        self._startup_status.clear()
         self.server.relay = Relay(
             self.transport,
             cloak.server_handlers,

@@ -241,6 +241,7 @@ def create_table(
             policies[col.physical] = _declare(a, rel.physical, coldef, col, rule)
             if rule[1]:
                 groups.add(col.physical)
+    _check_generated(rel, [coldef for coldef, _ in coldefs], policies)
     _Checker(a, rel, policies, groups).run(constraints)
     return _with_policies(rel, policies) if policies else rel
 
@@ -253,6 +254,7 @@ def add_column(
     rule = _rule(a, rel.schema, rel.name, col.name)
     if rule is not None:
         policies[col.physical] = _declare(a, rel.physical, coldef, col, rule)
+    _check_generated(rel, [coldef], policies)
     _Checker(a, rel, policies, {col.physical} if rule and rule[1] else set()).run(constraints)
     return replace(col, policy=policies[col.physical]) if policies else col
 
@@ -299,6 +301,22 @@ def _encrypted_refs(rel: Relation, node: Any) -> Iterator[Column]:
         col = rel.column(last["String"]["sval"]) if "String" in last else None
         if col is not None and col.policy is not None:
             yield col
+
+
+def _check_generated(rel: Relation, coldefs: list[Node], policies: dict[str, ColumnPolicy]) -> None:
+    """A generated column computed from an encrypted column would be computed by the
+    server on ciphertext (and its constants sent in plain text): refused."""
+    for coldef in coldefs:
+        for node in coldef.get("constraints", ()):
+            con = node["Constraint"]
+            if con.get("contype") != "CONSTR_GENERATED":
+                continue
+            for ref in _colrefs(con.get("raw_expr")):
+                last = ref["fields"][-1]
+                col = rel.column(last["String"]["sval"]) if "String" in last else None
+                policy = None if col is None else policies.get(col.physical, col.policy)
+                if col is not None and policy is not None:
+                    raise refusal(("use", " in a generated column"), col.name, policy.mode)
 
 
 def check_index(a: Analyzer, rel: Relation, body: Node) -> None:

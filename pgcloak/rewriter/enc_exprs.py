@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from pgcloak.rewriter.catalog import EncColumn
 from pgcloak.rewriter.ddl_check import has_checks
-from pgcloak.rewriter.enc_tokens import Ctx, array_range, literal_range, refusal, strip_casts
+from pgcloak.rewriter.enc_tokens import (
+    Ctx,
+    array_range,
+    cast_keeps_value,
+    literal_range,
+    refusal,
+    strip_casts,
+)
 from pgcloak.rewriter.plan import CloakError
 from pgcloak.rewriter.scope import Col, Node, node_kind
 
@@ -46,6 +53,11 @@ PLAIN_COL: Ctx = ("compare", " with a column that is not encrypted")
 EXPRESSION: Ctx = (
     "compare",
     " with an expression (only literals, parameters and columns under the same key)",
+)
+VALUE_CAST: Ctx = (
+    "cast a value for",
+    " to another type, length or precision (a cast to the column's own type is fine,"
+    " with no length or precision in comparisons)",
 )
 STORE_PLAIN: Ctx = ("store", " in a column that is not encrypted")
 STORE_OTHER_KEY: Ctx = ("store", " in a column under another key")
@@ -417,9 +429,9 @@ class ExprWalker(ABC):
             if other.enc.scope != enc.enc.scope:
                 raise self.refuse(OTHER_KEY, enc.col, node)
         elif other.kind == "lit":
-            self.slot(other, replace(enc.enc, compare=True))
+            self.slot(other, replace(enc.enc, compare=True), enc.col.name)
         elif other.kind == "param":
-            self.param(other, replace(enc.enc, compare=True))
+            self.param(other, replace(enc.enc, compare=True), enc.col.name)
         elif other.kind == "null":
             assert other.inner is not None
             strip_casts(self.a, other.casts, other.inner)
@@ -428,8 +440,14 @@ class ExprWalker(ABC):
         else:
             raise self.refuse(EXPRESSION, enc.col, node)
 
-    def slot(self, op: Operand, enc: EncColumn) -> None:
+    def check_casts(self, op: Operand, enc: EncColumn, name: str) -> None:
+        """Refuses casts whose removal would change the value (see cast_keeps_value)."""
+        if not cast_keeps_value(op.casts, op.inner, enc.type_sql, enc.compare):
+            raise refusal(VALUE_CAST, name, enc.mode, self.pos(op.casts[0]))
+
+    def slot(self, op: Operand, enc: EncColumn, name: str) -> None:
         assert op.inner is not None
+        self.check_casts(op, enc, name)
         span = array_range(self.a, op.inner) if op.array else literal_range(self.a, op.inner)
         prev = self.found.slots.get(span)
         if prev is not None and not same_key(prev, enc):
@@ -442,8 +460,9 @@ class ExprWalker(ABC):
         self.found.slots.setdefault(span, enc)
         strip_casts(self.a, op.casts, op.inner)
 
-    def param(self, op: Operand, enc: EncColumn) -> None:
+    def param(self, op: Operand, enc: EncColumn, name: str) -> None:
         assert op.inner is not None
+        self.check_casts(op, enc, name)
         number = int(op.inner.get("number", 0))
         prev = self.found.params.get(number)
         if prev is not None and not same_key(prev, enc):

@@ -10,6 +10,7 @@ re-parsing, so a span is only edited when it provably is the whole type name.
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import re
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Ctx",
     "blank",
+    "cast_keeps_value",
     "literal_range",
     "refusal",
     "rewritten_offset",
@@ -208,6 +210,63 @@ def _check_elements(a: Analyzer, array: Node) -> None:
             _check_elements(a, body)
         elif not body.get("isnull"):
             literal_range(a, body)
+
+
+# A cast on a value for an encrypted column is taken off (the server sees bytea), so
+# the proxy reads the value as if it had not been cast. That is only right when the
+# cast could not change the value or how it compares: a cast to the column's own type
+# (text and varchar interchangeably), without a length/precision when comparing (the
+# cast would truncate or round first) and, when storing, only with the column's own;
+# on a number, only to numeric for a numeric column.
+_STRING_TYPES = frozenset({"text", "varchar"})
+TypeKey = tuple[str, str, bool]  # base type name, typmods, array
+
+
+def _type_key(type_name: Node) -> TypeKey:
+    names = [str(n["String"]["sval"]) for n in type_name.get("names", ())]
+    if len(names) == 2 and names[0] == "pg_catalog":
+        names = names[1:]
+    mods = json.dumps(_strip_locations(type_name.get("typmods", [])), sort_keys=True)
+    return ".".join(names), mods, bool(type_name.get("arrayBounds"))
+
+
+@functools.lru_cache(maxsize=256)
+def _declared_key(type_sql: str) -> TypeKey | None:
+    """The key of a column's declared type (policy `type_sql`), None if it does not parse."""
+    try:
+        tree = json.loads(parser.parse_sql_json(f"SELECT NULL::{type_sql}"))
+        val = tree["stmts"][0]["stmt"]["SelectStmt"]["targetList"][0]["ResTarget"]["val"]
+        return _type_key(val["TypeCast"]["typeName"])
+    except (parser.ParseError, KeyError, IndexError):
+        return None
+
+
+def cast_keeps_value(casts: list[Node], inner: Node | None, type_sql: str, compare: bool) -> bool:
+    """Whether taking `casts` (TypeCast bodies) off a literal, parameter or NULL `inner`
+    leaves what PostgreSQL would store in / compare with a `type_sql` column unchanged."""
+    if not casts or inner is None or inner.get("isnull"):
+        return True
+    col = _declared_key(type_sql)
+    if col is None:
+        return False
+    if "ival" in inner or "fval" in inner:
+        # A number keeps its own type once the cast is gone (int4, int8 or numeric),
+        # and statements differing only in their numbers share one plan (template.py):
+        # only a numeric column reads every number as the cast would.
+        numbers = col[0] == "numeric"
+    elif "boolval" in inner:
+        numbers = col[0] == "bool"
+    else:  # a string, bit string or parameter: read with the column's input function
+        numbers = True
+    if not numbers or (col[2] and ("ival" in inner or "fval" in inner)):
+        return False
+    for cast in casts:
+        base, mods, array = _type_key(cast["typeName"])
+        if array != col[2] or (mods != "[]" and (compare or (base, mods) != col[:2])):
+            return False
+        if base != col[0] and not (base in _STRING_TYPES and col[0] in _STRING_TYPES):
+            return False
+    return True
 
 
 def strip_casts(a: Analyzer, casts: list[Node], inner: Node) -> None:

@@ -26,12 +26,18 @@ from pgcloak.rewriter.enc_exprs import (
     STORE_EXPR,
     STORE_OTHER_KEY,
     STORE_PLAIN,
+    VALUE_CAST,
     VALUES,
     ExprWalker,
     Found,
     same_key,
 )
-from pgcloak.rewriter.enc_tokens import refusal, rewritten_offset, strip_casts
+from pgcloak.rewriter.enc_tokens import (
+    cast_keeps_value,
+    refusal,
+    rewritten_offset,
+    strip_casts,
+)
 from pgcloak.rewriter.plan import CloakError, Plan
 from pgcloak.rewriter.scope import Col, Node, node_kind
 
@@ -225,6 +231,9 @@ class _Pass(ExprWalker):
         assign_to: dict[int, Target] = {}
         for j, k in feeds.items():
             val = sel["targetList"][k]["ResTarget"]["val"]
+            enc, name = assign[k]
+            if enc is not None and not cast_keeps_value(_casts(val), {}, enc.type_sql, False):
+                raise refusal(VALUE_CAST, name, enc.mode, self.pos(val))
             strip_casts(self.a, _casts(val), _uncast(val)["ColumnRef"])
             assign_to[j] = assign[k]
         for row in sub["valuesLists"]:
@@ -398,10 +407,11 @@ class _Pass(ExprWalker):
             else:
                 self.plain(op, FUNC)
             return
+        assert target is not None
         if op.kind == "lit":
-            self.slot(op, enc)
+            self.slot(op, enc, target[1])
         elif op.kind == "param":
-            self.param(op, enc)
+            self.param(op, enc, target[1])
         elif op.kind in ("null", "default"):
             if op.inner is not None:
                 strip_casts(self.a, op.casts, op.inner)
