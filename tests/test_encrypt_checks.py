@@ -442,7 +442,7 @@ def test_rewrap_keeps_checks(sides: Sides, master_key: str) -> None:
     assert sum(1 for c in after.values() if c is not None) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="E24: casts on encrypted values are taken off")
+@pytest.mark.xfail(strict=True, reason="E24: a cast to another type is refused (0A000), not 42804")
 def test_text_typed_value_into_an_encrypted_integer_is_a_type_error(sides: Sides) -> None:
     s = sides
     s.both("CREATE TABLE alt (id int, e int)")
