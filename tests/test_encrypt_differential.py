@@ -107,10 +107,17 @@ def _psycopg_run(run: Run, server: PgServer, proxy: ProxyProcess) -> None:
         b.close()
 
 
+# psycopg writes special floats as 'NaN'::float8 whatever their type; a person typing
+# the script writes the literal, and pgcloak refuses a float8 cast into a real column
+# (E25, tested on its own in test_encrypt_proxy_clients.py).
+_FLOAT8_SPECIAL = re.compile(r"('(?:-?Infinity|NaN)')::float8")
+
+
 def _inline(cur: psycopg.ClientCursor[Any], stmt: Stmt) -> str:
     if stmt.params is None:
         return stmt.sql
-    return cur.mogrify(stmt.sql.replace("%b", "%s").replace("%t", "%s"), stmt.params)
+    sql = cur.mogrify(stmt.sql.replace("%b", "%s").replace("%t", "%s"), stmt.params)
+    return _FLOAT8_SPECIAL.sub(r"\1", sql)
 
 
 def _psql_run(run: Run, server: PgServer, proxy: ProxyProcess) -> None:

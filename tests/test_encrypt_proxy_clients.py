@@ -36,7 +36,7 @@ from encrypt_support import (
     observe,
     xfail,
 )
-from psycopg.types.numeric import Int8
+from psycopg.types.numeric import Float4, Int8
 from sqlalchemy import ForeignKey, Numeric, String, Text, create_engine, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
@@ -500,3 +500,25 @@ def test_decryption_error_aborts_the_transaction(
     conn.rollback()
     assert observe(conn, "SELECT count(*) FROM tamper_a WHERE id = 100").values() == [("0",)]
     assert (after.sqlstate, commit.tag) == ("25P02", "ROLLBACK")
+
+
+@pytest.mark.xfail(strict=True, reason="E25: see docs/known-issues.md")
+def test_client_side_binding_of_special_floats(env: Env) -> None:
+    """psycopg's ClientCursor writes Float4('inf') as 'Infinity'::float8; PostgreSQL
+    stores it in a real column (assignment cast), pgcloak refuses the float8 cast."""
+    a = psycopg.connect(env.plain_server.dsn(env.plain), autocommit=True)
+    b = psycopg.connect(env.proxy.dsn(env.enc), autocommit=True)
+    try:
+        seen = []
+        for conn in (a, b):
+            cur = psycopg.ClientCursor(conn)
+            cur.execute("DELETE FROM m_det WHERE id = 9901")
+            try:
+                cur.execute("INSERT INTO m_det (id, c_real) VALUES (9901, %s)", [Float4("inf")])
+                seen.append(cur.execute("SELECT c_real FROM m_det WHERE id = 9901").fetchall())
+            except psycopg.Error as exc:
+                seen.append(exc.sqlstate)
+        assert seen[0] == seen[1] == [(float("inf"),)]
+    finally:
+        a.close()
+        b.close()

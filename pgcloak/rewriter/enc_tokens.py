@@ -251,9 +251,11 @@ def cast_keeps_value(casts: list[Node], inner: Node | None, type_sql: str, compa
         return False
     if "ival" in inner or "fval" in inner:
         # A number keeps its own type once the cast is gone (int4, int8 or numeric),
-        # and statements differing only in their numbers share one plan (template.py):
-        # only a numeric column reads every number as the cast would.
-        numbers = col[0] == "numeric"
+        # and statements differing only in their numbers share one plan (template.py).
+        # Stored, it goes through the assignment cast to the column's type, which is
+        # the explicit cast to that type (the loop below allows no other); compared,
+        # only a numeric column reads every number as the cast would (`i = 1.9::int`).
+        numbers = col[0] == "numeric" or not compare
     elif "boolval" in inner:
         numbers = col[0] == "bool"
     else:  # a string, bit string or parameter: read with the column's input function
