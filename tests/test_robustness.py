@@ -271,9 +271,12 @@ def test_random_bytes_after_startup(hardened: ProxyProcess, pg: PgServer, seed: 
     rng = random.Random(1000 + seed)
     with neighbour_survives(hardened), RawConn(hardened.port) as raw:
         raw.startup()
-        for _ in range(4):
-            raw.send(rng.randbytes(rng.randint(1, 2048)))
-        raw.half_close()
+        try:
+            for _ in range(4):
+                raw.send(rng.randbytes(rng.randint(1, 2048)))
+            raw.half_close()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the proxy already ended the session on an earlier chunk: what we test
         msgs = raw.read_to_eof(timeout=10)
         fatal = [e for e in errors(msgs) if e.fields["S"] == "FATAL"]
         assert len(fatal) <= 1, msgs
