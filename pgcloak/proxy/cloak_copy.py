@@ -73,6 +73,13 @@ class CopyOptions:
     def forced(self, which: ForceSet, position: int) -> bool:
         return which == "*" or position in which
 
+    def special_bytes(self) -> tuple[int, int, int]:
+        """The delimiter, quote and escape characters as bytes (single-byte, as
+        PostgreSQL requires them)."""
+        delim = self.delimiter.encode()[0] if self.delimiter else 0x09
+        quote = self.quote.encode()[0] if self.quote else 0x22
+        return delim, quote, self.escape.encode()[0] if self.escape else quote
+
 
 _FORCE = ("force_quote", "force_not_null", "force_null")
 _HEADER_WORDS: dict[str, bool | Literal["match"]] = {
@@ -173,10 +180,8 @@ def header_line(names: Sequence[str], options: CopyOptions) -> bytes:
     """The header line COPY TO writes for columns `names` (PostgreSQL 15's CopyTo: each
     name escaped as a text field, or quoted as a CSV field when it needs quotes)."""
     o = options
-    delim = o.delimiter.encode()[0] if o.delimiter else 0x09
+    delim, quote, escape = o.special_bytes()
     if o.format == "csv":
-        quote = o.quote.encode()[0] if o.quote else 0x22
-        escape = o.escape.encode()[0] if o.escape else quote
         null = o.null.encode()
         single = len(names) == 1
         fields = [csv_encode(n.encode(), delim, quote, escape, null, single=single) for n in names]
@@ -261,10 +266,8 @@ class CopyTransformer:
         self._header = bool(options.header) and options.format != "binary"
         self._binary_header = options.format == "binary"
         o = options
-        self._delim = o.delimiter.encode()[0] if o.delimiter else 0x09
+        self._delim, self._quote, self._escape = o.special_bytes()
         self._null = o.null.encode()
-        self._quote = o.quote.encode()[0] if o.quote else 0x22
-        self._escape = o.escape.encode()[0] if o.escape else self._quote
         self._csv = o.format == "csv"
         self._scanner = LineScanner(self._csv, self._quote, self._escape, direction == "in")
 

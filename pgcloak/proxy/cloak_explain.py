@@ -28,12 +28,11 @@ from pgcloak.crypto.codecs.casts import ELEMENT_OF, type_name
 from pgcloak.crypto.codecs.convert import literal_value, to_column
 from pgcloak.crypto.values import ValueDecryptionError
 from pgcloak.proxy.cloak_values import EncColumnLike, Keyring, ValueError_, encrypted_type
-from pgcloak.registry.unmask import quote_ident
+from pgcloak.registry.unmask import WORD, closing_quote, quote_ident, unmask_in_literal
 from pgcloak.rewriter import Plan
 
 __all__ = ["ExplainMapper", "format_type"]
 
-_WORD = re.compile(r"[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*")
 _NUMBERED = re.compile(r"(.+)_([0-9]+)")
 _BYTEA = re.compile(r"::bytea(\[\])?(?![A-Za-z0-9_$])")
 _IDENT = r'(?:"(?:[^"]|"")*"|[^\s".()]+)'
@@ -105,12 +104,12 @@ class ExplainMapper:
         while i < n:
             ch = text[i]
             if ch == '"':
-                end = _closing(text, i, '"')
+                end = closing_quote(text, i, '"')
                 found = self.name(text[i + 1 : end].replace('""', '"'))
                 out.append(quote_ident(found) if found is not None else text[i : end + 1])
                 i = end + 1
             elif ch == "'":
-                end = _closing(text, i, "'")
+                end = closing_quote(text, i, "'")
                 body = text[i + 1 : end]
                 cast = _BYTEA.match(text, end + 1)
                 if cast is not None and self.constants is not None:
@@ -119,10 +118,10 @@ class ExplainMapper:
                         out.append(shown)
                         i = cast.end()
                         continue
-                out.append("'" + self._in_literal(body) + "'")
+                out.append("'" + unmask_in_literal(body, self.names) + "'")
                 i = end + 1
             else:
-                m = _WORD.match(text, i)
+                m = WORD.match(text, i)
                 if m is None:
                     out.append(ch)
                     i += 1
@@ -131,15 +130,6 @@ class ExplainMapper:
                 out.append(quote_ident(found) if found is not None else m.group(0))
                 i = m.end()
         return "".join(out)
-
-    def _in_literal(self, body: str) -> str:
-        """Physical names inside a constant (a regclass); never aliases, which are words."""
-
-        def sub(m: re.Match[str]) -> str:
-            semantic = self.names.get(m.group(0))
-            return m.group(0) if semantic is None else quote_ident(semantic).replace("'", "''")
-
-        return _WORD.sub(sub, body)
 
     def _quoted(self, token: str) -> str:
         try:
@@ -159,20 +149,6 @@ class ExplainMapper:
 
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 _XML_TEXT = re.compile(r">([^<>]+)<")
-
-
-def _closing(text: str, start: int, quote: str) -> int:
-    """Index of the quote closing the one at `start` (doubled quotes are inside)."""
-    end = start + 1
-    n = len(text)
-    while end < n:
-        if text[end] == quote:
-            if end + 1 < n and text[end + 1] == quote:
-                end += 2
-                continue
-            return end
-        end += 1
-    return n
 
 
 def _unquote(body: str, scs: bool) -> str:

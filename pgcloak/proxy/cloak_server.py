@@ -176,10 +176,10 @@ class ServerSide(ClientSide):
             return b""
         if head.enc is not None:
             try:
-                if not self.client_utf8:
-                    raise ValueError_("0A000", _NOT_UTF8)
                 decoder = head.decoder
-                if decoder is None:
+                if decoder is None:  # the statement's first row: checked once, not per row
+                    if not self.client_utf8:
+                        raise ValueError_("0A000", _NOT_UTF8)
                     decoder = head.decoder = row_decoder(
                         self.keyring(),
                         head.enc,

@@ -13,13 +13,21 @@ from collections.abc import Mapping
 
 from pglast.keywords import COL_NAME_KEYWORDS, RESERVED_KEYWORDS, TYPE_FUNC_NAME_KEYWORDS
 
-__all__ = ["quote_ident", "unmask_message", "unmask_sql"]
+__all__ = [
+    "WORD",
+    "closing_quote",
+    "quote_ident",
+    "unmask_in_literal",
+    "unmask_message",
+    "unmask_sql",
+]
 
 _SIMPLE = re.compile(r"[a-z_][a-z0-9_$]*")
 _QUOTE_KEYWORDS = (
     frozenset(RESERVED_KEYWORDS) | set(TYPE_FUNC_NAME_KEYWORDS) | set(COL_NAME_KEYWORDS)
 )
-_WORD = re.compile(r"[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*")
+# An unquoted SQL word (identifier or keyword) as the lexer reads one.
+WORD = re.compile(r"[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*")
 
 
 def quote_ident(name: str) -> str:
@@ -41,32 +49,17 @@ def unmask_sql(text: str, names: Mapping[str, str]) -> str:
     while i < n:
         ch = text[i]
         if ch == '"':
-            end = i + 1
-            while end < n:
-                if text[end] == '"':
-                    if end + 1 < n and text[end + 1] == '"':
-                        end += 2
-                        continue
-                    break
-                end += 1
+            end = closing_quote(text, i, '"')
             ident = text[i + 1 : end].replace('""', '"')
             semantic = names.get(ident)
             out.append(quote_ident(semantic) if semantic is not None else text[i : end + 1])
             i = end + 1
         elif ch == "'":
-            end = i + 1
-            while end < n:
-                if text[end] == "'":
-                    if end + 1 < n and text[end + 1] == "'":
-                        end += 2
-                        continue
-                    break
-                end += 1
-            body = text[i + 1 : end]
-            out.append("'" + _unmask_in_literal(body, names) + "'")
+            end = closing_quote(text, i, "'")
+            out.append("'" + unmask_in_literal(text[i + 1 : end], names) + "'")
             i = end + 1
         else:
-            m = _WORD.match(text, i)
+            m = WORD.match(text, i)
             if m is None:
                 out.append(ch)
                 i += 1
@@ -78,14 +71,31 @@ def unmask_sql(text: str, names: Mapping[str, str]) -> str:
     return "".join(out)
 
 
-def _unmask_in_literal(body: str, names: Mapping[str, str]) -> str:
+def closing_quote(text: str, start: int, quote: str) -> int:
+    """Index of the quote closing the one at `start` (doubled quotes are inside);
+    len(text) when it is not closed."""
+    end = start + 1
+    n = len(text)
+    while end < n:
+        if text[end] == quote:
+            if end + 1 < n and text[end + 1] == quote:
+                end += 2
+                continue
+            return end
+        end += 1
+    return n
+
+
+def unmask_in_literal(body: str, names: Mapping[str, str]) -> str:
+    """Physical names inside a string constant (a regclass), quotes doubled for it."""
+
     def sub(m: re.Match[str]) -> str:
         semantic = names.get(m.group(0))
         if semantic is None:
             return m.group(0)
         return quote_ident(semantic).replace("'", "''")
 
-    return _WORD.sub(sub, body)
+    return WORD.sub(sub, body)
 
 
 def unmask_message(text: str, names: Mapping[str, str]) -> str:
@@ -94,4 +104,4 @@ def unmask_message(text: str, names: Mapping[str, str]) -> str:
     Messages already quote names (``relation "t3f9..." does not exist``), so the
     replacement is the plain semantic name.
     """
-    return _WORD.sub(lambda m: names.get(m.group(0), m.group(0)), text)
+    return WORD.sub(lambda m: names.get(m.group(0), m.group(0)), text)

@@ -207,7 +207,7 @@ def _data_names(body: Node, rel: Relation | None, cols: list[Col] | None) -> tup
     if attlist:
         return tuple(attlist)
     if rel is not None:
-        return tuple(c.name for c in rel.columns if not c.generated)
+        return tuple(c.name for c in rel.copied())
     return tuple(c.name for c in cols or ())
 
 

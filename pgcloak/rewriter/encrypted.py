@@ -481,9 +481,7 @@ class _Pass(ExprWalker):
             self.cond(body.get("whereClause"))
             if rel is None:
                 return
-            names = [_sval(s) for s in body.get("attlist", ())] or [
-                c.name for c in rel.columns if not c.generated
-            ]
+            names = [_sval(s) for s in body.get("attlist", ())] or [c.name for c in rel.copied()]
             encs = [t[0] for n in names if (t := self.target(rel, n)) is not None]
         else:
             query = body["query"]

@@ -83,6 +83,10 @@ class Relation:
     partition: bool = False
     partitioned: bool = False
 
+    def copied(self) -> tuple[Column, ...]:
+        """The columns a COPY without a column list copies: all but generated ones."""
+        return tuple(c for c in self.columns if not c.generated)
+
     def column(self, name: str) -> Column | None:
         for col in self.columns:
             if col.name == name:
